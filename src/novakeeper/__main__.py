@@ -1,0 +1,3 @@
+from novakeeper.cli import main
+
+main()

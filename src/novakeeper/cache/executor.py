@@ -1,0 +1,172 @@
+"""The executor: the only code that deletes.
+
+It works through a file descriptor of the cache folder and names relative to it, so a path
+outside the folder is never touched and no symlink is followed. Immediately before each
+removal it rescans what changed on the node and re-checks that file: still the same
+regular file, untouched since the plan, used by no disk, held by no problem. On any doubt
+it skips the file and says why.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from novakeeper.cache.inventory import Inventory, Scanner
+from novakeeper.cache.plan import Decision, Plan, Verdict
+from novakeeper.errors import ExitCode, NovakeeperError
+
+LOG = logging.getLogger("novakeeper.cache")
+
+
+class Action(StrEnum):
+    REMOVED = "removed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    name: str
+    path: str
+    action: Action
+    reason: str
+    freed: int = 0
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome] = field(default_factory=list)
+    touched: int = 0
+
+    def _with(self, action: Action) -> list[Outcome]:
+        return [o for o in self.outcomes if o.action is action]
+
+    @property
+    def removed(self) -> list[Outcome]:
+        return self._with(Action.REMOVED)
+
+    @property
+    def skipped(self) -> list[Outcome]:
+        return self._with(Action.SKIPPED)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return self._with(Action.FAILED)
+
+    @property
+    def freed(self) -> int:
+        return sum(o.freed for o in self.outcomes)
+
+
+def open_cache_dir(inventory: Inventory) -> int:
+    """Open the cache folder the plan was made for, refusing one swapped since the scan."""
+    try:
+        fd = os.open(inventory.cache_real_path,
+                     os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NovakeeperError(
+            ExitCode.PATH, f"cache folder {inventory.cache_path}: {exc.strerror}"
+        ) from None
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (inventory.cache_dev, inventory.cache_ino):
+        os.close(fd)
+        raise NovakeeperError(
+            ExitCode.PATH, f"cache folder {inventory.cache_path} was replaced since the scan"
+        )
+    return fd
+
+
+def _same_file(st: os.stat_result, d: Decision) -> bool:
+    return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (d.dev, d.ino)
+
+
+class Executor:
+    def __init__(self, scanner: Scanner, inventory: Inventory, plan: Plan,
+                 touch_in_use: bool = True) -> None:
+        self.scanner = scanner
+        self.inventory = inventory
+        self.plan = plan
+        self.touch_in_use = touch_in_use
+
+    def run(self) -> Report:
+        report = Report()
+        fd = open_cache_dir(self.inventory)
+        try:
+            if self.touch_in_use:
+                report.touched = self._touch_in_use(fd)
+            for decision in self.plan.removals:
+                report.outcomes.append(self._remove_one(fd, decision))
+        finally:
+            os.close(fd)
+        return report
+
+    def _touch_in_use(self, fd: int) -> int:
+        """Mark in-use bases as nova does, so their age means 'time since last in use' and a
+        nova manager on another host sharing the storage never sees a live base as old."""
+        now = time.time()
+        touched = 0
+        for d in self.plan.decisions:
+            if d.verdict is not Verdict.IN_USE:
+                continue
+            try:
+                st = os.lstat(d.name, dir_fd=fd)
+                if _same_file(st, d):
+                    os.utime(d.name, (st.st_atime, now), dir_fd=fd, follow_symlinks=False)
+                    touched += 1
+            except OSError as exc:
+                LOG.warning("Could not mark %s as in use: %s", d.path, exc.strerror)
+        return touched
+
+    def _recheck(self, d: Decision) -> str | None:
+        """Why `d` must not be removed now, or None when it still may."""
+        inventory = self.scanner.refresh()
+        base = next((b for b in inventory.bases if b.name == d.name), None)
+        if base is None:
+            return "already gone"
+        if (base.dev, base.ino) != (d.dev, d.ino):
+            return "replaced since the plan"
+        if base.mtime != d.mtime:
+            return "modified since the plan (touched by nova: in use elsewhere?)"
+        users = inventory.users_of(d.name)
+        if users:
+            return f"now in use by {users[0].path}"
+        for problem in inventory.problems:
+            if problem.holds(base.kind, base.name):
+                return f"now held by {problem.code} at {problem.path}"
+        return None
+
+    def _remove_one(self, fd: int, d: Decision) -> Outcome:
+        if os.sep in d.name or d.name in (".", ".."):  # never a path, only a name in the folder
+            return Outcome(d.name, d.path, Action.SKIPPED, "not a plain file name")
+        try:
+            why = self._recheck(d)
+        except NovakeeperError as exc:
+            why = f"re-check failed: {exc.message}"
+        if why is not None:
+            LOG.info("Not removing %s: %s", d.path, why)
+            return Outcome(d.name, d.path, Action.SKIPPED, why)
+        try:
+            st = os.lstat(d.name, dir_fd=fd)
+        except OSError as exc:
+            return Outcome(d.name, d.path, Action.SKIPPED, f"cannot stat: {exc.strerror}")
+        if not _same_file(st, d):
+            return Outcome(d.name, d.path, Action.SKIPPED, "no longer the planned regular file")
+        freed = st.st_blocks * 512 if st.st_nlink <= 1 else 0
+        LOG.info("Removing base file: %s", d.path,
+                 extra={"data": {"event": "remove", "file": d.path, "kind": str(d.kind),
+                                 "verdict": str(d.verdict), "reason": d.reason,
+                                 "frees": freed}})
+        try:
+            os.unlink(d.name, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return Outcome(d.name, d.path, Action.SKIPPED, "already gone")
+            LOG.error("Failed to remove %s, error was %s", d.path, exc)
+            return Outcome(d.name, d.path, Action.FAILED, exc.strerror or str(exc))
+        return Outcome(d.name, d.path, Action.REMOVED, d.reason, freed)

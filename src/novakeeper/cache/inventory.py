@@ -1,0 +1,400 @@
+"""Scan a compute node into an Inventory: every base file, every instance disk, every
+disk -> base edge along whole backing chains, and every problem met on the way.
+
+The inventory is plain data; deciding what to do with it is the policy's job. Disks are
+matched to bases by file identity (device, inode), so a base reached through a
+relative path, a symlink or another mount of the same share is still recognised.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from novakeeper.cache.layout import (
+    ALL_KINDS,
+    BaseKind,
+    classify,
+    kinds_usable_by,
+)
+from novakeeper.errors import ExitCode, NovakeeperError
+from novakeeper.images.chain import Break, CachedProber, Chain, follow
+from novakeeper.images.probe import ImageFormat, ImageInfo, ProbeError, ProbeErrorKind, probe
+
+
+class FolderKind(StrEnum):
+    INSTANCE = "instance"  # <uuid>
+    LEGACY = "legacy"  # instance-%08x
+    RESIZE = "resize"  # <uuid>_resize: source disks kept during resize and migration
+    DELETED = "deleted"  # <uuid>_del: deletion deferred
+    OTHER = "other"  # scanned anyway: a disk is a disk wherever it lies
+
+
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_FOLDER_RULES: tuple[tuple[re.Pattern[str], FolderKind], ...] = (
+    (re.compile(rf"({_UUID})"), FolderKind.INSTANCE),
+    (re.compile(rf"({_UUID})_resize"), FolderKind.RESIZE),
+    (re.compile(rf"({_UUID})_del"), FolderKind.DELETED),
+    (re.compile(r"(instance-[0-9a-f]{8})"), FolderKind.LEGACY),
+)
+
+# Files nova keeps in an instance folder that are never disk images.
+NOT_DISKS = frozenset({"console.log", "libvirt.xml", "disk.info"})
+# Folders under instances_path that hold no instance disks.
+NOT_INSTANCE_FOLDERS = frozenset({"locks"})
+
+
+def classify_folder(name: str) -> tuple[FolderKind, str]:
+    """Folder kind and the instance it belongs to (uuid, or the folder name)."""
+    lowered = name.lower()
+    for pattern, kind in _FOLDER_RULES:
+        if m := pattern.fullmatch(lowered):
+            return kind, m.group(1)
+    return FolderKind.OTHER, name
+
+
+def _is_candidate_disk(name: str) -> bool:
+    if name in NOT_DISKS or name.startswith("console.log") or name.endswith((".xml", ".log")):
+        return False
+    return not name.startswith(".")
+
+
+class ProblemCode(StrEnum):
+    DISK_UNREADABLE = "disk-unreadable"
+    DISK_CORRUPT = "disk-corrupt"
+    CHAIN_BROKEN = "chain-broken"
+    FOLDER_UNREADABLE = "folder-unreadable"
+    CROSS_CHECK = "cross-check"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Something met while scanning that leaves doubt; it holds the bases it could affect."""
+
+    code: ProblemCode
+    path: str
+    detail: str
+    instance: str | None = None
+    holds_kinds: frozenset[BaseKind] = frozenset()
+    holds_names: frozenset[str] = frozenset()
+
+    def holds(self, kind: BaseKind, name: str) -> bool:
+        return kind in self.holds_kinds or name in self.holds_names
+
+    def line(self) -> str:
+        return f"{self.code}: {self.path}: {self.detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class BaseFile:
+    name: str
+    path: str
+    kind: BaseKind
+    image_hash: str | None
+    variant: str | None
+    size: int
+    allocated: int
+    mtime: float
+    dev: int
+    ino: int
+    nlink: int
+
+
+@dataclass(frozen=True, slots=True)
+class Disk:
+    path: str
+    instance: str
+    folder_kind: FolderKind
+    format: str
+    virtual_size: int
+    allocated: int
+    chain: tuple[str, ...]
+    """Paths of the backing files, nearest first."""
+
+
+@dataclass(frozen=True)
+class Inventory:
+    instances_path: str
+    cache_path: str
+    cache_real_path: str
+    scanned_at: float
+    bases: tuple[BaseFile, ...]
+    disks: tuple[Disk, ...]
+    users: Mapping[str, tuple[Disk, ...]]
+    """Base name -> the disks whose chain contains it."""
+    problems: tuple[Problem, ...]
+    folders: int = 0
+    cache_dev: int = 0
+    cache_ino: int = 0
+
+    def users_of(self, name: str) -> tuple[Disk, ...]:
+        return self.users.get(name, ())
+
+
+# -- cache folder ---------------------------------------------------------------------
+
+
+def _check_dir(path: str, what: str) -> os.stat_result:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise NovakeeperError(ExitCode.PATH, f"{what} {path} does not exist") from None
+    except PermissionError:
+        raise NovakeeperError(ExitCode.PERMISSION, f"{what} {path}: permission denied") from None
+    except OSError as exc:
+        raise NovakeeperError(ExitCode.PATH, f"{what} {path}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise NovakeeperError(ExitCode.PATH, f"{what} {path} is not a directory")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise NovakeeperError(ExitCode.PERMISSION, f"{what} {path}: permission denied")
+    return st
+
+
+def scan_cache(cache_path: str) -> list[BaseFile]:
+    """Every entry of the cache folder, with its lstat facts; links are never followed."""
+    bases: list[BaseFile] = []
+    try:
+        entries = list(os.scandir(cache_path))
+    except PermissionError:
+        raise NovakeeperError(
+            ExitCode.PERMISSION, f"cache folder {cache_path}: permission denied"
+        ) from None
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # removed since listing: nothing to decide about
+        except OSError:
+            st = None
+        name = entry.name
+        if st is None:
+            bases.append(BaseFile(name, entry.path, BaseKind.SPECIAL, None, None,
+                                  0, 0, 0.0, 0, 0, 0))
+            continue
+        if stat.S_ISREG(st.st_mode):
+            cname = classify(name)
+            kind, image_hash, variant = cname.kind, cname.image_hash, cname.variant
+        elif stat.S_ISLNK(st.st_mode):
+            kind, image_hash, variant = BaseKind.SYMLINK, None, None
+        elif stat.S_ISDIR(st.st_mode):
+            kind, image_hash, variant = BaseKind.DIRECTORY, None, None
+        else:
+            kind, image_hash, variant = BaseKind.SPECIAL, None, None
+        bases.append(
+            BaseFile(name, entry.path, kind, image_hash, variant, st.st_size,
+                     st.st_blocks * 512, st.st_mtime, st.st_dev, st.st_ino, st.st_nlink)
+        )
+    bases.sort(key=lambda b: b.name)
+    return bases
+
+
+# -- instance folders -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FolderScan:
+    """What one instance folder yielded; kept so a re-check can rescan only what changed."""
+
+    path: str
+    mtime_ns: int
+    disks: list[Disk] = field(default_factory=list)
+    edges: list[tuple[tuple[int, int], Disk]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _problem_for_probe(exc: ProbeError, instance: str, disk_name: str) -> Problem:
+    code = (
+        ProblemCode.DISK_UNREADABLE
+        if exc.kind in (ProbeErrorKind.UNREADABLE, ProbeErrorKind.NOT_A_FILE)
+        else ProblemCode.DISK_CORRUPT
+    )
+    return Problem(code, exc.path, exc.detail, instance, kinds_usable_by(disk_name))
+
+
+def _problem_for_chain(chain: Chain, disk: ImageInfo, instance: str, disk_name: str) -> Problem:
+    assert chain.broken is not None and chain.broken_at is not None
+    held_name = os.path.basename(chain.broken_at)
+    detail = f"{chain.broken}: {chain.broken_at}"
+    if chain.detail and chain.broken not in (Break.MISSING,):
+        detail += f" ({chain.detail})"
+    if chain.broken is Break.LOOP:
+        # Every file of a looping chain was seen: nothing unknown lies beyond it.
+        kinds: frozenset[BaseKind] = frozenset()
+    else:
+        kinds = kinds_usable_by(disk_name)
+    return Problem(ProblemCode.CHAIN_BROKEN, disk.path, detail, instance, kinds,
+                   frozenset({held_name}))
+
+
+def scan_folder(
+    path: str, kind: FolderKind, instance: str, prober: CachedProber, mtime_ns: int
+) -> FolderScan:
+    """Probe every candidate disk in one instance folder and follow its chain."""
+    result = FolderScan(path, mtime_ns)
+    try:
+        entries = list(os.scandir(path))
+    except OSError as exc:
+        detail = "permission denied" if isinstance(exc, PermissionError) else str(exc.strerror)
+        result.problems.append(
+            Problem(ProblemCode.FOLDER_UNREADABLE, path, detail, instance, ALL_KINDS)
+        )
+        return result
+    for entry in entries:
+        name = entry.name
+        if not _is_candidate_disk(name):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                continue
+        except OSError:
+            pass
+        known = name == "disk" or name.startswith("disk.")
+        try:
+            info = probe(entry.path)
+        except ProbeError as exc:
+            if exc.kind is ProbeErrorKind.MISSING:
+                continue  # deleted since listing
+            if exc.kind is ProbeErrorKind.NOT_A_FILE and not known:
+                continue
+            result.problems.append(_problem_for_probe(exc, instance, name))
+            continue
+        except ValueError:
+            continue  # a name the OS cannot open; not a file nova made
+        if info.format is ImageFormat.RAW and not known:
+            continue  # some other file, not a disk
+        chain = follow(info, prober)
+        disk = Disk(
+            path=entry.path,
+            instance=instance,
+            folder_kind=kind,
+            format=str(info.format),
+            virtual_size=info.virtual_size,
+            allocated=info.allocated,
+            chain=tuple(link.path for link in chain.links),
+        )
+        result.disks.append(disk)
+        for link in chain.links:
+            result.edges.append(((link.dev, link.ino), disk))
+        if not chain.complete:
+            result.problems.append(_problem_for_chain(chain, info, instance, name))
+    return result
+
+
+def iter_instance_folders(
+    instances_path: str, cache_name: str
+) -> Iterator[tuple[str, FolderKind, str, int]]:
+    """(path, kind, instance, mtime_ns) of every folder that may hold disks."""
+    with os.scandir(instances_path) as it:
+        for entry in it:
+            name = entry.name
+            if name == cache_name or name in NOT_INSTANCE_FOLDERS:
+                continue
+            try:
+                if not entry.is_dir():  # follows links: a linked instance folder is scanned
+                    continue
+                mtime_ns = entry.stat().st_mtime_ns
+            except OSError:
+                continue
+            kind, instance = classify_folder(name)
+            yield entry.path, kind, instance, mtime_ns
+
+
+class Scanner:
+    """Scans the node; keeps per-folder results so `refresh` rescans only what changed."""
+
+    def __init__(self, instances_path: str, cache_name: str) -> None:
+        self.instances_path = instances_path
+        self.cache_name = cache_name
+        self.cache_path = os.path.join(instances_path, cache_name)
+        self.folders: dict[str, FolderScan] = {}
+        self._last_scan = 0.0
+
+    def _scan_folders(self, previous: Mapping[str, FolderScan]) -> dict[str, FolderScan]:
+        prober = CachedProber()
+        fresh: dict[str, FolderScan] = {}
+        # Folders changed within this window are rescanned even if their mtime looks the
+        # same: coarse timestamps (NFS, some file systems) hide a change made just now.
+        recent_ns = int((self._last_scan - 2.0) * 1e9)
+        try:
+            folders = list(iter_instance_folders(self.instances_path, self.cache_name))
+        except PermissionError:
+            raise NovakeeperError(
+                ExitCode.PERMISSION, f"instances path {self.instances_path}: permission denied"
+            ) from None
+        except OSError as exc:
+            raise NovakeeperError(
+                ExitCode.PATH, f"instances path {self.instances_path}: {exc.strerror}"
+            ) from None
+        for path, kind, instance, mtime_ns in folders:
+            old = previous.get(path)
+            if old is not None and old.mtime_ns == mtime_ns and mtime_ns < recent_ns:
+                fresh[path] = old
+            else:
+                fresh[path] = scan_folder(path, kind, instance, prober, mtime_ns)
+        return fresh
+
+    def scan(self, now: float | None = None) -> Inventory:
+        """Full scan. Raises NovakeeperError when the paths themselves are unusable."""
+        _check_dir(self.instances_path, "instances path")
+        cache_st = _check_dir(self.cache_path, "cache folder")
+        started = time.time()
+        bases = scan_cache(self.cache_path)
+        self.folders = self._scan_folders({})
+        self._last_scan = started
+        return self._inventory(bases, now if now is not None else started, cache_st)
+
+    def refresh(self) -> Inventory:
+        """Re-read the cache folder and rescan instance folders that changed since the last
+        scan: the executor's re-check before each removal."""
+        cache_st = _check_dir(self.cache_path, "cache folder")
+        started = time.time()
+        bases = scan_cache(self.cache_path)
+        self.folders = self._scan_folders(self.folders)
+        self._last_scan = started
+        return self._inventory(bases, started, cache_st)
+
+    def _inventory(self, bases: list[BaseFile], now: float, cache_st: os.stat_result) -> Inventory:
+        by_id: dict[tuple[int, int], list[BaseFile]] = {}
+        for base in bases:
+            if base.kind not in (BaseKind.SYMLINK, BaseKind.DIRECTORY, BaseKind.SPECIAL):
+                by_id.setdefault((base.dev, base.ino), []).append(base)
+        users: dict[str, list[Disk]] = {}
+        disks: list[Disk] = []
+        problems: list[Problem] = []
+        for folder in self.folders.values():
+            disks.extend(folder.disks)
+            problems.extend(folder.problems)
+            for key, disk in folder.edges:
+                for base in by_id.get(key, ()):
+                    lst = users.setdefault(base.name, [])
+                    if not lst or lst[-1] is not disk:
+                        lst.append(disk)
+        return Inventory(
+            instances_path=self.instances_path,
+            cache_path=self.cache_path,
+            cache_real_path=os.path.realpath(self.cache_path),
+            scanned_at=now,
+            bases=tuple(bases),
+            disks=tuple(disks),
+            users={name: tuple(lst) for name, lst in users.items()},
+            problems=tuple(problems),
+            folders=len(self.folders),
+            cache_dev=cache_st.st_dev,
+            cache_ino=cache_st.st_ino,
+        )
+
+
+def scan(instances_path: str, cache_name: str = "_base", now: float | None = None) -> Inventory:
+    return Scanner(instances_path, cache_name).scan(now)
+
+
+def with_problems(inventory: Inventory, extra: Iterable[Problem]) -> Inventory:
+    """The same inventory with more problems (e.g. from a cross-check)."""
+    from dataclasses import replace
+
+    return replace(inventory, problems=inventory.problems + tuple(extra))

@@ -1,0 +1,52 @@
+"""One cache pass, end to end: scan -> (cross-check) -> decide. The CLI, the demo and the
+benchmark all go through here, so they run exactly the same code."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from novakeeper.cache.inventory import Inventory, Problem, ProblemCode, Scanner, with_problems
+from novakeeper.cache.layout import kinds_usable_by
+from novakeeper.cache.plan import Plan
+from novakeeper.cache.policy import decide
+from novakeeper.images import crosscheck
+from novakeeper.settings import Settings
+
+
+@dataclass(frozen=True)
+class Pass:
+    scanner: Scanner
+    inventory: Inventory
+    plan: Plan
+    disagreements: int = 0
+
+
+def cross_check(inventory: Inventory, progress: Callable[[int, int], None] | None = None
+                ) -> list[Problem]:
+    """Compare every disk's chain with qemu-img's; each disagreement is a problem."""
+    binary = crosscheck.qemu_img()
+    problems = []
+    total = len(inventory.disks)
+    for i, disk in enumerate(inventory.disks, 1):
+        detail = crosscheck.compare(disk.path, disk.chain, binary)
+        if detail is not None:
+            name = disk.path.rsplit("/", 1)[-1]
+            problems.append(Problem(ProblemCode.CROSS_CHECK, disk.path, detail, disk.instance,
+                                    kinds_usable_by(name)))
+        if progress is not None:
+            progress(i, total)
+    return problems
+
+
+def plan_pass(settings: Settings, now: float | None = None, check: bool = False) -> Pass:
+    scanner = Scanner(settings.instances_path, settings.subdirectory_name)
+    inventory = scanner.scan()
+    disagreements = 0
+    if check:
+        extra = cross_check(inventory)
+        disagreements = len(extra)
+        inventory = with_problems(inventory, extra)
+    plan = decide(inventory, settings.policy, time.time() if now is None else now)
+    return Pass(scanner, inventory, plan, disagreements)

@@ -1,0 +1,132 @@
+"""The plan: one decision per cache entry, as data.
+
+The same Decision feeds the table, the JSON, the log lines, the executor and the tests,
+so what `plan` prints is exactly what `clean` does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from novakeeper.cache.inventory import Problem
+from novakeeper.cache.layout import BaseKind
+
+
+class Verdict(StrEnum):
+    IN_USE = "in-use"
+    REMOVE = "remove"  # unused and old enough: original, resized, swap, ephemeral
+    TOO_YOUNG = "too-young"
+    STALE_PARTIAL = "stale-partial"  # .part / .converted / .info nobody finished
+    DOWNLOADING = "downloading"  # fresh .part / .converted: a fetch may be running
+    HELD = "held"  # a disk that could use it could not be read
+    UNKNOWN = "unknown"  # not a name nova uses: reported, kept
+    KEPT_BY_CONFIG = "kept-by-config"  # remove_unused_base_images = False
+
+    @property
+    def removes(self) -> bool:
+        return self in (Verdict.REMOVE, Verdict.STALE_PARTIAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    name: str
+    path: str
+    kind: BaseKind
+    verdict: Verdict
+    reason: str
+    """Human words, the reason first: what an operator reads at 3 a.m."""
+    age: float
+    """Seconds since the file was last modified (nova marks in-use bases by touching them)."""
+    min_age: float | None
+    """The age threshold that applied, when one did."""
+    size: int
+    allocated: int
+    frees: int
+    """Allocated bytes a removal would give back (0 for a hard-linked file)."""
+    users: tuple[str, ...] = ()
+    """Instances whose disks use it."""
+    disks: tuple[str, ...] = ()
+    held_by: tuple[str, ...] = ()
+    """Paths of the problems that hold it."""
+    image_hash: str | None = None
+    mtime: float = 0.0
+    dev: int = 0
+    ino: int = 0
+
+    @property
+    def removes(self) -> bool:
+        return self.verdict.removes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "kind": str(self.kind),
+            "verdict": str(self.verdict),
+            "reason": self.reason,
+            "age_seconds": round(self.age, 3),
+            "min_age_seconds": self.min_age,
+            "size": self.size,
+            "allocated": self.allocated,
+            "frees": self.frees,
+            "users": list(self.users),
+            "disks": list(self.disks),
+            "held_by": list(self.held_by),
+            "image_hash": self.image_hash,
+            "mtime": self.mtime,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    instances_path: str
+    cache_path: str
+    now: float
+    decisions: tuple[Decision, ...]
+    problems: tuple[Problem, ...]
+    disks_seen: int
+    folders_seen: int
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def removals(self) -> tuple[Decision, ...]:
+        return tuple(d for d in self.decisions if d.removes)
+
+    @property
+    def frees(self) -> int:
+        return sum(d.frees for d in self.decisions if d.removes)
+
+    def by_verdict(self) -> Counter[Verdict]:
+        return Counter(d.verdict for d in self.decisions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instances_path": self.instances_path,
+            "cache_path": self.cache_path,
+            "now": self.now,
+            "policy": self.policy,
+            "summary": {
+                "files": len(self.decisions),
+                "removals": len(self.removals),
+                "frees": self.frees,
+                "disks_seen": self.disks_seen,
+                "folders_seen": self.folders_seen,
+                "problems": len(self.problems),
+                "by_verdict": {str(k): v for k, v in sorted(self.by_verdict().items())},
+            },
+            "decisions": [d.to_dict() for d in self.decisions],
+            "problems": [
+                {
+                    "code": str(p.code),
+                    "path": p.path,
+                    "detail": p.detail,
+                    "instance": p.instance,
+                    "holds_kinds": sorted(str(k) for k in p.holds_kinds),
+                    "holds_names": sorted(p.holds_names),
+                }
+                for p in self.problems
+            ],
+        }

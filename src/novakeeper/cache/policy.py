@@ -1,0 +1,170 @@
+"""The policy: a pure function of (inventory, settings, now) -> Plan.
+
+It never touches the file system and takes the clock as an argument, so a test can replay
+weeks in a millisecond. Each stage is named after the rule it applies (as Ironic's image
+cache does); the first rule that has an opinion about a file decides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+from novakeeper.cache.inventory import BaseFile, Inventory, Problem
+from novakeeper.cache.layout import BaseKind
+from novakeeper.cache.plan import Decision, Plan, Verdict
+from novakeeper.units import human_age
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """The settings the policy reads; nova's names and defaults."""
+
+    remove_unused_base_images: bool = True
+    remove_unused_original_minimum_age_seconds: int = 86400
+    remove_unused_resized_minimum_age_seconds: int = 3600
+    stale_partial_seconds: int = 3600
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What every rule may look at for one file."""
+
+    base: BaseFile
+    age: float
+    users: tuple[str, ...]
+    disks: tuple[str, ...]
+    held_by: tuple[Problem, ...]
+    config: PolicyConfig
+
+
+Rule = Callable[[Facts], Decision | None]
+
+_NOT_NOVA = {
+    BaseKind.UNKNOWN: "unknown file: not a name nova gives cache files; kept",
+    BaseKind.DIRECTORY: "directory: nova never creates one here; kept",
+    BaseKind.SYMLINK: "symbolic link: never followed, never removed; kept",
+    BaseKind.SPECIAL: "not a regular file; kept",
+}
+
+
+def _decide(f: Facts, verdict: Verdict, reason: str, min_age: float | None = None) -> Decision:
+    b = f.base
+    frees = 0
+    if verdict.removes:
+        frees = b.allocated if b.nlink <= 1 else 0
+        if b.nlink > 1:
+            reason += f"; hard-linked ({b.nlink} links): frees nothing until all are gone"
+    return Decision(
+        name=b.name, path=b.path, kind=b.kind, verdict=verdict, reason=reason, age=f.age,
+        min_age=min_age, size=b.size, allocated=b.allocated, frees=frees, users=f.users,
+        disks=f.disks, held_by=tuple(p.path for p in f.held_by), image_hash=b.image_hash,
+        mtime=b.mtime, dev=b.dev, ino=b.ino,
+    )
+
+
+def rule_only_nova_names(f: Facts) -> Decision | None:
+    """A file nova did not name is not ours to remove."""
+    reason = _NOT_NOVA.get(f.base.kind)
+    return None if reason is None else _decide(f, Verdict.UNKNOWN, reason)
+
+
+def rule_in_use(f: Facts) -> Decision | None:
+    """A file in any disk's backing chain is in use, whatever its name or age."""
+    if not f.disks:
+        return None
+    n = len(f.users)
+    noun = "instance" if n == 1 else "instances"
+    return _decide(f, Verdict.IN_USE, f"in use by {n} {noun} ({len(f.disks)} disks)")
+
+
+def rule_hold_on_doubt(f: Facts) -> Decision | None:
+    """A disk that could not be read could be using this file: keep it until it is fixed."""
+    if not f.held_by:
+        return None
+    first = f.held_by[0]
+    more = f" and {len(f.held_by) - 1} more" if len(f.held_by) > 1 else ""
+    return _decide(f, Verdict.HELD, f"held: {first.code} at {first.path}{more}")
+
+
+def rule_configuration(f: Facts) -> Decision | None:
+    """remove_unused_base_images = False: nova keeps everything, so do we."""
+    if f.config.remove_unused_base_images:
+        return None
+    return _decide(f, Verdict.KEPT_BY_CONFIG, "kept: remove_unused_base_images is False")
+
+
+def rule_stale_partial(f: Facts) -> Decision | None:
+    """A partial download or conversion untouched for stale_partial_seconds is debris;
+    nova never removes these."""
+    kind = f.base.kind
+    if kind not in (BaseKind.PARTIAL, BaseKind.CONVERTED, BaseKind.INFO):
+        return None
+    limit = f.config.stale_partial_seconds
+    if kind is BaseKind.INFO:
+        what = "leftover of nova's removed checksum feature"
+    else:
+        what = f"{'partial download' if kind is BaseKind.PARTIAL else 'partial conversion'}"
+    if f.age >= limit:
+        reason = f"stale {what}: untouched for {human_age(f.age)} (limit {human_age(limit)})"
+        return _decide(f, Verdict.STALE_PARTIAL, reason, limit)
+    reason = (
+        f"{what} in progress: touched {human_age(f.age)} ago, "
+        f"stale in {human_age(limit - f.age)}"
+    )
+    return _decide(f, Verdict.DOWNLOADING, reason, limit)
+
+
+def rule_minimum_age(f: Facts) -> Decision | None:
+    """Nova's rule: an unused base is removed once it is older than its kind's minimum age
+    (resized copies 1 h; originals, swap and ephemeral 24 h by default)."""
+    kind = f.base.kind
+    if kind is BaseKind.RESIZED:
+        limit = f.config.remove_unused_resized_minimum_age_seconds
+    elif kind in (BaseKind.ORIGINAL, BaseKind.SWAP, BaseKind.EPHEMERAL):
+        limit = f.config.remove_unused_original_minimum_age_seconds
+    else:
+        return None
+    if f.age >= limit:
+        reason = f"unused {kind}, unused for {human_age(f.age)} (min age {human_age(limit)})"
+        return _decide(f, Verdict.REMOVE, reason, limit)
+    reason = f"unused {kind}, too young: removable in {human_age(limit - f.age)}"
+    return _decide(f, Verdict.TOO_YOUNG, reason, limit)
+
+
+RULES: Sequence[Rule] = (
+    rule_only_nova_names,
+    rule_in_use,
+    rule_hold_on_doubt,
+    rule_configuration,
+    rule_stale_partial,
+    rule_minimum_age,
+)
+
+
+def decide(inventory: Inventory, config: PolicyConfig, now: float) -> Plan:
+    """Turn an inventory into a plan. Pure: same inputs, same plan."""
+    decisions: list[Decision] = []
+    problems = inventory.problems
+    for base in inventory.bases:
+        disks = inventory.users_of(base.name)
+        users = tuple(dict.fromkeys(d.instance for d in disks))
+        held = tuple(p for p in problems if p.holds(base.kind, base.name)) if problems else ()
+        facts = Facts(base, now - base.mtime, users, tuple(d.path for d in disks), held, config)
+        for rule in RULES:
+            decision = rule(facts)
+            if decision is not None:
+                decisions.append(decision)
+                break
+        else:  # every kind is covered above; a new kind must not be removed by accident
+            decisions.append(_decide(facts, Verdict.UNKNOWN, "no rule applies; kept"))
+    return Plan(
+        instances_path=inventory.instances_path,
+        cache_path=inventory.cache_path,
+        now=now,
+        decisions=tuple(decisions),
+        problems=problems,
+        disks_seen=len(inventory.disks),
+        folders_seen=inventory.folders,
+        policy=asdict(config),
+    )

@@ -1,0 +1,182 @@
+"""Rendering is separate from deciding: the same Plan prints as a table, as JSON, or as log
+lines in nova's own words."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from novakeeper.cache.inventory import Inventory
+from novakeeper.cache.plan import Decision, Plan, Verdict
+from novakeeper.units import human_age, human_bytes
+
+LOG = logging.getLogger("novakeeper.cache")
+
+# Order rows the way an operator reads them: what will go first, then why things stay.
+VERDICT_ORDER = {v: i for i, v in enumerate([
+    Verdict.REMOVE, Verdict.STALE_PARTIAL, Verdict.HELD, Verdict.TOO_YOUNG,
+    Verdict.DOWNLOADING, Verdict.IN_USE, Verdict.KEPT_BY_CONFIG, Verdict.UNKNOWN,
+])}
+VERDICT_STYLE = {
+    Verdict.REMOVE: "bold red", Verdict.STALE_PARTIAL: "red", Verdict.HELD: "bold yellow",
+    Verdict.TOO_YOUNG: "cyan", Verdict.DOWNLOADING: "cyan", Verdict.IN_USE: "green",
+    Verdict.KEPT_BY_CONFIG: "blue", Verdict.UNKNOWN: "magenta",
+}
+
+
+def sorted_decisions(plan: Plan) -> list[Decision]:
+    return sorted(plan.decisions, key=lambda d: (VERDICT_ORDER[d.verdict], d.name))
+
+
+def summary_line(plan: Plan) -> str:
+    counts = plan.by_verdict()
+    kept = ", ".join(
+        f"{counts[v]} {v}" for v in VERDICT_ORDER if counts[v] and not v.removes
+    )
+    return (
+        f"{len(plan.removals)} of {len(plan.decisions)} files to remove, "
+        f"frees {human_bytes(plan.frees)}; kept: {kept or 'nothing'}; "
+        f"{plan.disks_seen} disks in {plan.folders_seen} folders, "
+        f"{len(plan.problems)} problems"
+    )
+
+
+def _users_cell(d: Decision) -> str:
+    if not d.users:
+        return "-"
+    if len(d.users) <= 2:
+        return "\n".join(d.users)
+    return f"{d.users[0]}\n+{len(d.users) - 1} more"
+
+
+def plan_table(plan: Plan, console: Console) -> None:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("VERDICT", no_wrap=True)
+    table.add_column("KIND", no_wrap=True)
+    table.add_column("FILE", overflow="fold")
+    table.add_column("AGE", justify="right", no_wrap=True)
+    table.add_column("FREES", justify="right", no_wrap=True)
+    table.add_column("USERS", overflow="fold")
+    table.add_column("REASON", overflow="fold")
+    for d in sorted_decisions(plan):
+        table.add_row(
+            f"[{VERDICT_STYLE[d.verdict]}]{d.verdict}[/]",
+            str(d.kind),
+            d.name,
+            human_age(d.age),
+            human_bytes(d.frees) if d.removes else "-",
+            _users_cell(d),
+            d.reason,
+        )
+    console.print(table)
+    problems_block(plan, console)
+    console.print(summary_line(plan), highlight=False)
+
+
+def problems_block(plan: Plan, console: Console) -> None:
+    if not plan.problems:
+        return
+    console.print(f"[bold yellow]{len(plan.problems)} problems met while scanning:[/]")
+    for p in plan.problems[:50]:
+        console.print(f"  {p.line()}", highlight=False, markup=False)
+    if len(plan.problems) > 50:
+        console.print(f"  ... and {len(plan.problems) - 50} more (see --json)")
+
+
+def plan_json(plan: Plan) -> str:
+    return json.dumps(plan.to_dict(), indent=2, default=str)
+
+
+def status_data(inventory: Inventory, plan: Plan) -> dict[str, Any]:
+    by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"files": 0, "size": 0,
+                                                              "allocated": 0})
+    for b in inventory.bases:
+        row = by_kind[str(b.kind)]
+        row["files"] += 1
+        row["size"] += b.size
+        row["allocated"] += b.allocated
+    by_verdict: dict[str, dict[str, int]] = defaultdict(lambda: {"files": 0, "allocated": 0})
+    for d in plan.decisions:
+        row = by_verdict[str(d.verdict)]
+        row["files"] += 1
+        row["allocated"] += d.allocated
+    disk_formats = Counter(d.format for d in inventory.disks)
+    return {
+        "instances_path": inventory.instances_path,
+        "cache_path": inventory.cache_path,
+        "cache_real_path": inventory.cache_real_path,
+        "files": len(inventory.bases),
+        "size": sum(b.size for b in inventory.bases),
+        "allocated": sum(b.allocated for b in inventory.bases),
+        "reclaimable": plan.frees,
+        "by_kind": dict(sorted(by_kind.items())),
+        "by_verdict": dict(sorted(by_verdict.items())),
+        "instance_folders": inventory.folders,
+        "disks": len(inventory.disks),
+        "disks_by_format": dict(sorted(disk_formats.items())),
+        "problems": [p.line() for p in inventory.problems],
+    }
+
+
+def status_text(data: dict[str, Any], console: Console) -> None:
+    c = console
+    c.print(f"cache        {data['cache_path']}", highlight=False, markup=False)
+    if data["cache_real_path"] != data["cache_path"]:
+        c.print(f"             (a link to {data['cache_real_path']})", highlight=False,
+                markup=False)
+    c.print(
+        f"files        {data['files']}: {human_bytes(data['allocated'])} allocated, "
+        f"{human_bytes(data['size'])} apparent", highlight=False)
+    c.print(f"reclaimable  {human_bytes(data['reclaimable'])} (what `cache clean` would free now)",
+            highlight=False)
+    c.print(f"instances    {data['instance_folders']} folders, {data['disks']} disks "
+            + ", ".join(f"{n} {fmt}" for fmt, n in data["disks_by_format"].items()),
+            highlight=False)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=None)
+    table.add_column("KIND")
+    table.add_column("FILES", justify="right")
+    table.add_column("ALLOCATED", justify="right")
+    table.add_column("APPARENT", justify="right")
+    for kind, row in data["by_kind"].items():
+        table.add_row(kind, str(row["files"]), human_bytes(row["allocated"]),
+                      human_bytes(row["size"]))
+    c.print(table)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("VERDICT")
+    table.add_column("FILES", justify="right")
+    table.add_column("ALLOCATED", justify="right")
+    for verdict, row in data["by_verdict"].items():
+        table.add_row(verdict, str(row["files"]), human_bytes(row["allocated"]))
+    c.print(table)
+    problems = data["problems"]
+    c.print(f"problems     {len(problems)}", highlight=False)
+    for line in problems[:20]:
+        c.print(f"  {line}", highlight=False, markup=False)
+    if len(problems) > 20:
+        c.print(f"  ... and {len(problems) - 20} more (see --json)")
+
+
+def log_plan(plan: Plan) -> None:
+    """The pass in nova's words, so greps and alerts written for nova keep working."""
+    active = [d.path for d in plan.decisions if d.verdict is Verdict.IN_USE]
+    removable = [d.path for d in plan.decisions if d.removes]
+    for p in plan.problems:
+        LOG.warning("Problem: %s", p.line())
+    for d in plan.decisions:
+        if d.verdict is Verdict.UNKNOWN:
+            LOG.warning("Unknown base file: %s", d.path)
+        elif d.verdict is Verdict.HELD:
+            LOG.warning("Base file held, not removed: %s (%s)", d.path, d.reason)
+    if active:
+        LOG.info("Active base files: %s", " ".join(active))
+    if removable:
+        LOG.info("Removable base files: %s", " ".join(removable))
+    for d in plan.decisions:
+        if d.verdict is Verdict.TOO_YOUNG:
+            LOG.info("Base file too young to remove: %s", d.path)

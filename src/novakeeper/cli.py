@@ -1,0 +1,222 @@
+"""Commands and options only; the work is done in the pipeline modules."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+
+from novakeeper import __version__, logsetup, settings
+from novakeeper.cache import render
+from novakeeper.cache.executor import Executor, Report
+from novakeeper.cache.passes import Pass, plan_pass
+from novakeeper.cache.plan import Verdict
+from novakeeper.errors import ExitCode, NovakeeperError
+from novakeeper.units import human_bytes
+
+
+@dataclass
+class Context:
+    config_files: tuple[str, ...] | None
+    instances_path: str | None
+    verbose: int
+    log_format: str
+
+    def settings(self) -> settings.Settings:
+        return settings.load(self.config_files, self.instances_path)
+
+    def log(self, floor: int = logging.WARNING) -> None:
+        level = {0: floor, 1: logging.INFO}.get(self.verbose, logging.DEBUG)
+        logsetup.setup(min(level, floor), self.log_format)
+
+
+def console() -> Console:
+    """Plain wide output when piped, so rows are never squeezed into 80 columns."""
+    if sys.stdout.isatty():
+        return Console(highlight=False)
+    return Console(width=220, highlight=False, color_system=None, soft_wrap=False)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config-file", "config_files", multiple=True, metavar="PATH",
+              help="nova.conf-style file; repeatable, later files win. Default: "
+                   "/etc/nova/nova.conf then /etc/novakeeper/novakeeper.conf, those present.")
+@click.option("--instances-path", metavar="PATH",
+              help="Override [DEFAULT] instances_path.")
+@click.option("-v", "--verbose", count=True, help="-v: INFO log lines, -vv: DEBUG.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="text: nova's line format; json: one object a line.")
+@click.version_option(__version__, prog_name="novakeeper")
+@click.pass_context
+def cli(ctx: click.Context, config_files: tuple[str, ...], instances_path: str | None,
+        verbose: int, log_format: str) -> None:
+    """Keep a nova compute node's image cache ($instances_path/_base) small and safe."""
+    ctx.obj = Context(config_files or None, instances_path, verbose, log_format)
+    ctx.obj.log()
+
+
+@cli.group()
+def cache() -> None:
+    """Inspect and clean the image cache."""
+
+
+def _json_out(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@cache.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def status(ctx: Context, as_json: bool) -> None:
+    """Summary: files by kind and verdict, bytes, disks seen, problems."""
+    result = plan_pass(ctx.settings())
+    data = render.status_data(result.inventory, result.plan)
+    if as_json:
+        _json_out(data)
+    else:
+        render.status_text(data, console())
+
+
+def _show_plan(result: Pass, as_json: bool) -> None:
+    if as_json:
+        click.echo(render.plan_json(result.plan))
+    else:
+        render.plan_table(result.plan, console())
+    render.log_plan(result.plan)
+
+
+@cache.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--cross-check", is_flag=True,
+              help="Also run qemu-img info --backing-chain on every disk and report "
+                   "disagreements (slow: one subprocess per disk).")
+@click.pass_obj
+def plan(ctx: Context, as_json: bool, cross_check: bool) -> None:
+    """The dry run: what clean would do to each file, and why."""
+    result = plan_pass(ctx.settings(), check=cross_check)
+    _show_plan(result, as_json)
+    if result.disagreements:
+        raise NovakeeperError(ExitCode.CROSS_CHECK,
+                              f"qemu-img disagrees with novakeeper on {result.disagreements} "
+                              "disks; their bases are held")
+
+
+def _report_text(report: Report, out: Console) -> None:
+    for o in report.skipped:
+        out.print(f"skipped {o.path}: {o.reason}", markup=False)
+    for o in report.failed:
+        out.print(f"FAILED  {o.path}: {o.reason}", markup=False)
+    out.print(
+        f"removed {len(report.removed)} files, freed {human_bytes(report.freed)}; "
+        f"skipped {len(report.skipped)}, failed {len(report.failed)}; "
+        f"marked {report.touched} in-use bases", highlight=False)
+
+
+def _report_json(result: Pass, report: Report) -> dict[str, Any]:
+    return {
+        "plan": result.plan.to_dict(),
+        "result": {
+            "removed": len(report.removed),
+            "freed": report.freed,
+            "skipped": len(report.skipped),
+            "failed": len(report.failed),
+            "touched": report.touched,
+            "outcomes": [
+                {"name": o.name, "path": o.path, "action": str(o.action), "reason": o.reason,
+                 "freed": o.freed}
+                for o in report.outcomes
+            ],
+        },
+    }
+
+
+@cache.command()
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--dry-run", is_flag=True, help="Only show the plan (the same as `cache plan`).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--cross-check", is_flag=True, help="As for `cache plan`.")
+@click.pass_obj
+def clean(ctx: Context, yes: bool, dry_run: bool, as_json: bool, cross_check: bool) -> None:
+    """Carry out exactly what `plan` shows: remove the removable files."""
+    if dry_run:
+        click.get_current_context().invoke(plan, as_json=as_json, cross_check=cross_check)
+        return
+    ctx.log(floor=logging.INFO)
+    conf = ctx.settings()
+    result = plan_pass(conf, check=cross_check)
+    _show_plan(result, as_json)
+    removals = result.plan.removals
+    if removals and not yes and sys.stdin.isatty():
+        question = (f"Remove {len(removals)} files, freeing "
+                    f"{human_bytes(result.plan.frees)}?")
+        if not click.confirm(question, default=False, err=True):
+            raise NovakeeperError(ExitCode.ABORTED, "nothing removed: not confirmed")
+    report = Executor(result.scanner, result.inventory, result.plan, conf.touch_in_use).run()
+    if as_json:
+        _json_out(_report_json(result, report))
+    else:
+        _report_text(report, console())
+    if report.failed:
+        raise NovakeeperError(ExitCode.FAILED_REMOVALS,
+                              f"{len(report.failed)} files could not be removed")
+    held = sum(1 for d in result.plan.decisions if d.verdict is Verdict.HELD)
+    if result.disagreements:
+        raise NovakeeperError(ExitCode.CROSS_CHECK,
+                              f"qemu-img disagrees on {result.disagreements} disks")
+    if result.plan.problems:
+        raise NovakeeperError(
+            ExitCode.PROBLEMS,
+            f"{len(result.plan.problems)} problems met while scanning; {held} files held "
+            "until they are fixed (see `novakeeper cache plan`)")
+
+
+@cli.command()
+@click.option("--path", "root", type=click.Path(file_okay=False), default=None,
+              help="Build the sandbox here (default: a new temp folder).")
+@click.option("--instances", default=300, show_default=True, type=click.IntRange(10, 100000),
+              help="Instances to create.")
+@click.option("--keep", is_flag=True, help="Keep the sandbox folder afterwards.")
+def demo(root: str | None, instances: int, keep: bool) -> None:
+    """Build a throwaway compute node, then plan and clean its cache."""
+    from novakeeper import demo as demo_mod
+
+    demo_mod.run(root, instances, keep, console())
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    click.echo(f"novakeeper: error: {message}", err=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    verbose = sum(a.count("v") for a in (argv or sys.argv[1:])
+                  if a.startswith("-") and not a.startswith("--") and set(a[1:]) == {"v"})
+    try:
+        cli.main(args=argv, prog_name="novakeeper", standalone_mode=False)
+    except NovakeeperError as exc:
+        _fail(exc.code, exc.message)
+    except click.exceptions.Abort:
+        _fail(ExitCode.ABORTED, "aborted")
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(ExitCode.OK)
+    except KeyboardInterrupt:
+        _fail(130, "interrupted")
+    except Exception as exc:  # a bug: one line, the traceback only when asked for
+        if verbose >= 2:
+            traceback.print_exc()
+        _fail(ExitCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc} "
+                                 "(run with -vv for the traceback)")
+    sys.exit(ExitCode.OK)

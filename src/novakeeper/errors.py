@@ -1,0 +1,29 @@
+"""Exit codes and the one error type the CLI turns into a one-line message."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Documented in README.md; monitoring keys on them, so never renumber."""
+
+    OK = 0
+    INTERNAL = 1  # a bug: reported in one line, traceback with -vv
+    USAGE = 2  # bad command line (click's own code)
+    CONFIG = 3  # nova.conf / novakeeper.conf unreadable, malformed or invalid
+    PATH = 4  # instances path or cache folder missing or not a folder
+    PERMISSION = 5  # permission denied on the instances path or cache folder
+    PROBLEMS = 6  # clean finished, but problems met while scanning held some files
+    ABORTED = 7  # the operator declined the confirmation
+    FAILED_REMOVALS = 8  # clean could not remove some files it planned to remove
+    CROSS_CHECK = 9  # --cross-check found qemu-img disagreeing with our reading
+
+
+class NovakeeperError(Exception):
+    """An expected failure: printed as `novakeeper: error: <message>`, exit `code`."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

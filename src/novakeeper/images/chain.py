@@ -1,0 +1,120 @@
+"""Follow a disk's whole backing chain: disk -> intermediate qcow2 -> ... -> base.
+
+A chain that cannot be followed to its end (a backing file missing or unreadable, a loop,
+an over-long chain, a format we cannot read) is *incomplete*: everything past the break is
+unknown, and the caller must treat the disk as possibly using any base of its class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from novakeeper.images.probe import (
+    OPAQUE_FORMATS,
+    ImageFormat,
+    ImageInfo,
+    ProbeError,
+    ProbeErrorKind,
+    probe,
+    resolve_backing,
+)
+
+MAX_CHAIN_DEPTH = 64
+"""Longer chains are refused: qemu would take minutes to open them, nova never builds them."""
+
+
+class Break(StrEnum):
+    """Why a chain could not be followed to its end."""
+
+    MISSING = "backing file missing"
+    UNREADABLE = "backing file unreadable"
+    CORRUPT = "backing file header corrupt"
+    LOOP = "backing chain loops"
+    TOO_LONG = "backing chain too long"
+    OPAQUE = "format not parsed"
+    DATA_FILE = "external data file"
+    UNKNOWN_FEATURE = "unknown qcow2 feature bits"
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    links: tuple[ImageInfo, ...]
+    """Backing files, nearest first; the disk itself is not included."""
+    broken: Break | None = None
+    broken_at: str | None = None
+    """The path at which following stopped."""
+    detail: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.broken is None
+
+
+Prober = Callable[[str], ImageInfo]
+
+
+class CachedProber:
+    """Probe each backing path once per scan: 10,000 disks usually share 2,000 bases."""
+
+    def __init__(self, prober: Prober = probe) -> None:
+        self._prober = prober
+        self._seen: dict[str, ImageInfo | ProbeError] = {}
+
+    def __call__(self, path: str) -> ImageInfo:
+        hit = self._seen.get(path)
+        if hit is None:
+            try:
+                hit = self._prober(path)
+            except ProbeError as exc:
+                hit = exc
+            self._seen[path] = hit
+        if isinstance(hit, ProbeError):
+            raise hit
+        return hit
+
+
+def _own_break(info: ImageInfo) -> tuple[Break, str] | None:
+    """An image whose own header leaves doubt about what else it reads."""
+    if info.format in OPAQUE_FORMATS:
+        return Break.OPAQUE, f"{info.format} image: backing file not parsed"
+    if info.data_file is not None:
+        return Break.DATA_FILE, f"data lives in external file {info.data_file!r}"
+    if info.unknown_features:
+        return Break.UNKNOWN_FEATURE, f"incompatible feature bits {info.unknown_features:#x}"
+    return None
+
+
+def follow(disk: ImageInfo, prober: Prober, max_depth: int = MAX_CHAIN_DEPTH) -> Chain:
+    """Follow the backing chain of an already-probed disk."""
+    links: list[ImageInfo] = []
+    seen = {(disk.dev, disk.ino)}
+    current = disk
+    while True:
+        own = _own_break(current)
+        if own is not None:
+            return Chain(tuple(links), own[0], current.path, own[1])
+        if current.backing_file is None or current.format is not ImageFormat.QCOW2:
+            return Chain(tuple(links))
+        if len(links) >= max_depth:
+            return Chain(tuple(links), Break.TOO_LONG, current.path,
+                         f"more than {max_depth} backing files")
+        path = resolve_backing(current.path, current.backing_file)
+        try:
+            nxt = prober(path)
+        except ProbeError as exc:
+            kind = {
+                ProbeErrorKind.MISSING: Break.MISSING,
+                ProbeErrorKind.TRUNCATED: Break.CORRUPT,
+                ProbeErrorKind.CORRUPT: Break.CORRUPT,
+            }.get(exc.kind, Break.UNREADABLE)
+            return Chain(tuple(links), kind, path, exc.detail)
+        except ValueError as exc:  # e.g. an embedded NUL that slipped through
+            return Chain(tuple(links), Break.CORRUPT, path, str(exc))
+        key = (nxt.dev, nxt.ino)
+        if key in seen:
+            return Chain(tuple(links), Break.LOOP, path, "backing file already in chain")
+        seen.add(key)
+        links.append(nxt)
+        current = nxt

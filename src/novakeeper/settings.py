@@ -1,0 +1,232 @@
+"""Settings read from nova.conf the way nova reads them (oslo.config, nova's option names,
+defaults and deprecated names), plus novakeeper's own `[novakeeper]` group.
+
+Everything is read and validated once, here; the rest of the program gets a frozen
+Settings. Any mistake in a file becomes a NovakeeperError naming file, section and option.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from oslo_config import cfg
+
+from novakeeper.cache.policy import PolicyConfig
+from novakeeper.errors import ExitCode, NovakeeperError
+
+DEFAULT_CONFIG_FILES = ("/etc/nova/nova.conf", "/etc/novakeeper/novakeeper.conf")
+
+
+def _default_host() -> str:
+    return socket.gethostname()
+
+
+def _default_ip() -> str:
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+DEFAULT_OPTS = [
+    cfg.StrOpt("state_path", default="/var/lib/nova",
+               help="Top-level directory for nova's state (nova's default on distributions)."),
+    cfg.StrOpt("instances_path", default="$state_path/instances",
+               help="Where instances are stored; the image cache is a folder inside it."),
+    cfg.StrOpt("host", default=_default_host(), sample_default="<hostname>",
+               help="This compute host's name, as nova knows it."),
+    cfg.StrOpt("my_ip", default=_default_ip(), sample_default="<host ip>",
+               help="Read so that nova's `_base_$my_ip` cache names interpolate."),
+]
+
+IMAGE_CACHE_OPTS = [
+    cfg.IntOpt("manager_interval", default=2400, min=-1,
+               deprecated_name="image_cache_manager_interval", deprecated_group="DEFAULT",
+               help="Seconds between cache manager passes (0: every 60 s, -1: disabled)."),
+    cfg.StrOpt("subdirectory_name", default="_base",
+               deprecated_name="image_cache_subdirectory_name", deprecated_group="DEFAULT",
+               help="Cache folder name, relative to instances_path."),
+    cfg.BoolOpt("remove_unused_base_images", default=True, deprecated_group="DEFAULT",
+                help="Should unused base images be removed?"),
+    cfg.IntOpt("remove_unused_original_minimum_age_seconds", default=24 * 3600,
+               deprecated_group="DEFAULT",
+               help="Unused unresized base images younger than this are not removed."),
+    cfg.IntOpt("remove_unused_resized_minimum_age_seconds", default=3600,
+               deprecated_group="libvirt",
+               help="Unused resized base images younger than this are not removed."),
+]
+
+NOVAKEEPER_OPTS = [
+    cfg.IntOpt("stale_partial_seconds", default=3600, min=0,
+               help="A .part/.converted file untouched this long is a dead download."),
+    cfg.BoolOpt("touch_in_use", default=True,
+                help="clean marks in-use bases by setting their mtime to now, as nova does."),
+]
+
+OPT_GROUPS: tuple[tuple[str, list[cfg.Opt]], ...] = (
+    ("DEFAULT", DEFAULT_OPTS),
+    ("image_cache", IMAGE_CACHE_OPTS),
+    ("novakeeper", NOVAKEEPER_OPTS),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    instances_path: str
+    subdirectory_name: str
+    manager_interval: int
+    host: str
+    policy: PolicyConfig
+    touch_in_use: bool
+    config_files: tuple[str, ...]
+
+    @property
+    def cache_path(self) -> str:
+        return os.path.join(self.instances_path, self.subdirectory_name)
+
+
+def default_config_files() -> list[str]:
+    return [path for path in DEFAULT_CONFIG_FILES if os.path.exists(path)]
+
+
+def _build_conf() -> cfg.ConfigOpts:
+    conf = cfg.ConfigOpts()
+    for group, opts in OPT_GROUPS:
+        if group == "DEFAULT":
+            conf.register_opts(opts)
+        else:
+            conf.register_opts(opts, group=group)
+    return conf
+
+
+def _parse_sections(path: str) -> dict[str, dict[str, list[str]]]:
+    """The raw sections of one file, parsed by oslo.config's own parser."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    cfg.ConfigParser(path, sections).parse()
+    return sections
+
+
+def _where(files: Sequence[str], names: Sequence[tuple[str, str]]) -> tuple[str, str, str]:
+    """The file, section and option an operator wrote for one of `names`; the last file
+    that sets it wins, as in oslo.config."""
+    found = ("", names[0][0], names[0][1])
+    for path in files:
+        sections = _parse_sections(path)
+        for section, option in names:
+            if option in sections.get(section, {}):
+                found = (path, section, option)
+    return found
+
+
+def _candidate_names(group: str, opt: cfg.Opt) -> list[tuple[str, str]]:
+    names = [(group, opt.dest)]
+    for dep in opt.deprecated_opts:
+        names.append((dep.group or group, dep.name or opt.dest))
+    return names
+
+
+def _value_error(files: Sequence[str], group: str, opt: cfg.Opt, exc: Exception) -> NovakeeperError:
+    path, section, option = _where(files, _candidate_names(group, opt))
+    reason = str(exc)
+    if " is not valid: " in reason:
+        reason = reason.split(" is not valid: ", 1)[1]
+    where = f"{path}: " if path else ""
+    return NovakeeperError(ExitCode.CONFIG, f"{where}[{section}] {option}: invalid value: {reason}")
+
+
+def load(
+    config_files: Sequence[str] | None = None, instances_path: str | None = None
+) -> Settings:
+    """Read and validate the configuration. `config_files=None` means the defaults that exist."""
+    files = list(default_config_files() if config_files is None else config_files)
+    for path in files:
+        if not os.path.exists(path):
+            raise NovakeeperError(ExitCode.CONFIG, f"{path}: config file not found")
+        if os.path.isdir(path):
+            raise NovakeeperError(ExitCode.CONFIG, f"{path}: is a directory, not a config file")
+        if not os.access(path, os.R_OK):
+            raise NovakeeperError(ExitCode.CONFIG, f"{path}: permission denied")
+    conf = _build_conf()
+    args: list[str] = []
+    for path in files:
+        args += ["--config-file", path]
+    try:
+        conf(args=args, project="novakeeper", default_config_files=[], use_env=False)
+    except cfg.ConfigFileParseError as exc:
+        raise NovakeeperError(ExitCode.CONFIG, _parse_error(exc)) from None
+    except cfg.Error as exc:
+        raise NovakeeperError(ExitCode.CONFIG, str(exc).splitlines()[0]) from None
+
+    _reject_unknown(files)
+    values: dict[str, dict[str, Any]] = {}
+    for group, opts in OPT_GROUPS:
+        node = conf if group == "DEFAULT" else conf[group]
+        for opt in opts:
+            try:
+                values.setdefault(group, {})[opt.dest] = node[opt.dest]
+            except (cfg.ConfigFileValueError, ValueError) as exc:
+                raise _value_error(files, group, opt, exc) from None
+            except cfg.TemplateSubstitutionError as exc:
+                path, section, option = _where(files, _candidate_names(group, opt))
+                raise NovakeeperError(
+                    ExitCode.CONFIG, f"{path}: [{section}] {option}: {exc.msg}"
+                ) from None
+
+    subdir = values["image_cache"]["subdirectory_name"]
+    if not subdir or "/" in subdir or subdir in (".", ".."):
+        path, section, option = _where(files, _candidate_names(
+            "image_cache", IMAGE_CACHE_OPTS[1]))
+        raise NovakeeperError(
+            ExitCode.CONFIG,
+            f"{path}: [{section}] {option}: must be a folder name inside instances_path, "
+            f"got {subdir!r}",
+        )
+    ipath = instances_path if instances_path is not None else values["DEFAULT"]["instances_path"]
+    if not ipath:
+        raise NovakeeperError(ExitCode.CONFIG, "[DEFAULT] instances_path is empty")
+    ic = values["image_cache"]
+    nk = values["novakeeper"]
+    return Settings(
+        instances_path=os.path.abspath(ipath),
+        subdirectory_name=subdir,
+        manager_interval=ic["manager_interval"],
+        host=values["DEFAULT"]["host"],
+        policy=PolicyConfig(
+            remove_unused_base_images=ic["remove_unused_base_images"],
+            remove_unused_original_minimum_age_seconds=ic[
+                "remove_unused_original_minimum_age_seconds"],
+            remove_unused_resized_minimum_age_seconds=ic[
+                "remove_unused_resized_minimum_age_seconds"],
+            stale_partial_seconds=nk["stale_partial_seconds"],
+        ),
+        touch_in_use=nk["touch_in_use"],
+        config_files=tuple(files),
+    )
+
+
+def _parse_error(exc: cfg.ConfigFileParseError) -> str:
+    msg = str(exc.msg)
+    # oslo says "at /path:LINE, reason"; make it "/path: line LINE: reason"
+    prefix = f"at {exc.config_file}:"
+    if msg.startswith(prefix):
+        rest = msg[len(prefix):]
+        line, _, reason = rest.partition(",")
+        return f"{exc.config_file}: line {line.strip()}: {reason.strip()}"
+    return f"{exc.config_file}: {msg}"
+
+
+def _reject_unknown(files: Sequence[str]) -> None:
+    """Our own group is ours: a typo there would silently change nothing, so refuse it."""
+    known = {opt.dest for opt in NOVAKEEPER_OPTS}
+    for path in files:
+        for option in _parse_sections(path).get("novakeeper", {}):
+            if option not in known:
+                raise NovakeeperError(
+                    ExitCode.CONFIG,
+                    f"{path}: [novakeeper] {option}: unknown option "
+                    f"(known: {', '.join(sorted(known))})",
+                )
