@@ -32,7 +32,7 @@ def _default_ip() -> str:
         return "127.0.0.1"
 
 
-DEFAULT_OPTS = [
+DEFAULT_OPTS: list[cfg.Opt] = [
     cfg.StrOpt("state_path", default="/var/lib/nova",
                help="Top-level directory for nova's state (nova's default on distributions)."),
     cfg.StrOpt("instances_path", default="$state_path/instances",
@@ -43,7 +43,7 @@ DEFAULT_OPTS = [
                help="Read so that nova's `_base_$my_ip` cache names interpolate."),
 ]
 
-IMAGE_CACHE_OPTS = [
+IMAGE_CACHE_OPTS: list[cfg.Opt] = [
     cfg.IntOpt("manager_interval", default=2400, min=-1,
                deprecated_name="image_cache_manager_interval", deprecated_group="DEFAULT",
                help="Seconds between cache manager passes (0: every 60 s, -1: disabled)."),
@@ -60,7 +60,7 @@ IMAGE_CACHE_OPTS = [
                help="Unused resized base images younger than this are not removed."),
 ]
 
-NOVAKEEPER_OPTS = [
+NOVAKEEPER_OPTS: list[cfg.Opt] = [
     cfg.IntOpt("stale_partial_seconds", default=3600, min=0,
                help="A .part/.converted file untouched this long is a dead download."),
     cfg.BoolOpt("touch_in_use", default=True,

@@ -19,7 +19,8 @@ def qemu_img() -> str:
     path = shutil.which("qemu-img")
     if path is None:
         raise NovakeeperError(
-            ExitCode.CROSS_CHECK, "--cross-check needs qemu-img (Debian: apt-get install qemu-utils)"
+            ExitCode.CROSS_CHECK,
+            "--cross-check needs qemu-img (Debian: apt-get install qemu-utils)",
         )
     return path
 
