@@ -151,7 +151,10 @@ def clean(ctx: Context, yes: bool, dry_run: bool, as_json: bool, cross_check: bo
     ctx.log(floor=logging.INFO)
     conf = ctx.settings()
     result = plan_pass(conf, check=cross_check)
-    _show_plan(result, as_json)
+    if as_json:
+        render.log_plan(result.plan)  # the plan goes out once, with the result, below
+    else:
+        _show_plan(result, as_json)
     removals = result.plan.removals
     if removals and not yes and sys.stdin.isatty():
         question = (f"Remove {len(removals)} files, freeing "

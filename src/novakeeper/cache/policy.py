@@ -75,7 +75,9 @@ def rule_in_use(f: Facts) -> Decision | None:
         return None
     n = len(f.users)
     noun = "instance" if n == 1 else "instances"
-    return _decide(f, Verdict.IN_USE, f"in use by {n} {noun} ({len(f.disks)} disks)")
+    disks = len(f.disks)
+    return _decide(f, Verdict.IN_USE,
+                   f"in use by {n} {noun} ({disks} disk{'' if disks == 1 else 's'})")
 
 
 def rule_hold_on_doubt(f: Facts) -> Decision | None:

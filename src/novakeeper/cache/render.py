@@ -50,9 +50,9 @@ def summary_line(plan: Plan) -> str:
 def _users_cell(d: Decision) -> str:
     if not d.users:
         return "-"
-    if len(d.users) <= 2:
-        return "\n".join(d.users)
-    return f"{d.users[0]}\n+{len(d.users) - 1} more"
+    if len(d.users) == 1:
+        return d.users[0]
+    return f"{d.users[0]} +{len(d.users) - 1}"
 
 
 def plan_table(plan: Plan, console: Console) -> None:
@@ -62,7 +62,7 @@ def plan_table(plan: Plan, console: Console) -> None:
     table.add_column("FILE", overflow="fold")
     table.add_column("AGE", justify="right", no_wrap=True)
     table.add_column("FREES", justify="right", no_wrap=True)
-    table.add_column("USERS", overflow="fold")
+    table.add_column("USERS", no_wrap=True)
     table.add_column("REASON", overflow="fold")
     for d in sorted_decisions(plan):
         table.add_row(
