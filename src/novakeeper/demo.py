@@ -22,6 +22,7 @@ from novakeeper.cache import render
 from novakeeper.cache.executor import Executor
 from novakeeper.cache.layout import image_hash
 from novakeeper.cache.passes import plan_pass
+from novakeeper.cache.plan import Verdict
 from novakeeper.cache.policy import PolicyConfig
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.settings import Settings
@@ -93,6 +94,7 @@ def build_sandbox(root: str, instances: int = 300, now: float | None = None,
     deferred delete, unshelve from a snapshot, a three-deep chain)."""
     rng = random.Random(seed)
     now = time.time() if now is None else now
+    root = os.path.abspath(root)  # qemu-img resolves relative backing names from the image
     binary = _qemu_img()
     ipath = os.path.join(root, "instances")
     cpath = os.path.join(ipath, "_base")
@@ -235,6 +237,11 @@ def run(root: str | None, instances: int, keep: bool, out: Console) -> None:
         after = plan_pass(conf)
         out.rule("after clean")
         out.print(render.summary_line(after.plan), highlight=False)
+        gone = [d.name for d in first.plan.decisions
+                if d.verdict is Verdict.IN_USE and not os.path.lexists(d.path)]
+        if gone:
+            raise NovakeeperError(ExitCode.INTERNAL,
+                                  f"in-use bases were removed: {', '.join(gone)}")
         lost = [d.name for d in after.plan.decisions if d.removes]
         out.print(f"nothing in use was removed; {len(lost)} files still removable "
                   f"({'none' if not lost else ', '.join(lost)})", highlight=False)

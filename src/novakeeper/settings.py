@@ -116,10 +116,20 @@ def _where(files: Sequence[str], names: Sequence[tuple[str, str]]) -> tuple[str,
     found = ("", names[0][0], names[0][1])
     for path in files:
         sections = _parse_sections(path)
-        for section, option in names:
-            if option in sections.get(section, {}):
-                found = (path, section, option)
+        for section, option in names:  # within one file the current name beats old ones
+            written = next((s for s in sections if _same_group(s, section)
+                            and option in sections[s]), None)
+            if written is not None:
+                found = (path, written, option)
+                break
     return found
+
+
+def _same_group(written: str, group: str) -> bool:
+    """oslo.config matches group names case-insensitively, except DEFAULT."""
+    def norm(name: str) -> str:
+        return name if name == "DEFAULT" else name.lower()
+    return norm(written) == norm(group)
 
 
 def _candidate_names(group: str, opt: cfg.Opt) -> list[tuple[str, str]]:
@@ -170,10 +180,14 @@ def load(
                 values.setdefault(group, {})[opt.dest] = node[opt.dest]
             except (cfg.ConfigFileValueError, ValueError) as exc:
                 raise _value_error(files, group, opt, exc) from None
-            except cfg.TemplateSubstitutionError as exc:
+            except (cfg.TemplateSubstitutionError, cfg.NoSuchOptError) as exc:
+                # NoSuchOptError: a `$name` naming an option we do not register
                 path, section, option = _where(files, _candidate_names(group, opt))
+                detail = (exc.msg if isinstance(exc, cfg.TemplateSubstitutionError)
+                          else f"cannot substitute: {exc}")
+                where = f"{path}: " if path else ""
                 raise NovakeeperError(
-                    ExitCode.CONFIG, f"{path}: [{section}] {option}: {exc.msg}"
+                    ExitCode.CONFIG, f"{where}[{section}] {option}: {detail}"
                 ) from None
 
     subdir = values["image_cache"]["subdirectory_name"]
@@ -223,7 +237,8 @@ def _reject_unknown(files: Sequence[str]) -> None:
     """Our own group is ours: a typo there would silently change nothing, so refuse it."""
     known = {opt.dest for opt in NOVAKEEPER_OPTS}
     for path in files:
-        for option in _parse_sections(path).get("novakeeper", {}):
+        sections = _parse_sections(path)
+        for option in (o for s in sections if _same_group(s, "novakeeper") for o in sections[s]):
             if option not in known:
                 raise NovakeeperError(
                     ExitCode.CONFIG,

@@ -196,6 +196,18 @@ def scan_cache(cache_path: str) -> list[BaseFile]:
 # -- instance folders -----------------------------------------------------------------
 
 
+Fingerprint = tuple[int, int, int, int]
+"""(dev, ino, mtime_ns, ctime_ns) of a file whose header a folder's scan read."""
+
+
+def fingerprint(path: str) -> Fingerprint | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+
 @dataclass(slots=True)
 class FolderScan:
     """What one instance folder yielded; kept so a re-check can rescan only what changed."""
@@ -205,6 +217,9 @@ class FolderScan:
     disks: list[Disk] = field(default_factory=list)
     edges: list[tuple[tuple[int, int], Disk]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    files: dict[str, Fingerprint | None] = field(default_factory=dict)
+    """Every file whose header was read (the folder's disks and their backing chains): a
+    header rewritten in place (`qemu-img rebase`) changes no folder's mtime."""
 
 
 def _problem_for_probe(exc: ProbeError, instance: str, disk_name: str) -> Problem:
@@ -254,6 +269,7 @@ def scan_folder(
         except OSError:
             pass
         known = name == "disk" or name.startswith("disk.")
+        result.files[entry.path] = fingerprint(entry.path)  # before reading: a later change shows
         try:
             info = probe(entry.path)
         except ProbeError as exc:
@@ -278,8 +294,11 @@ def scan_folder(
             chain=tuple(link.path for link in chain.links),
         )
         result.disks.append(disk)
+        # a disk that is itself a cache file (a symbolic or hard link to it) uses that file
+        result.edges.append(((info.dev, info.ino), disk))
         for link in chain.links:
             result.edges.append(((link.dev, link.ino), disk))
+            result.files.setdefault(link.path, fingerprint(link.path))
         if not chain.complete:
             result.problems.append(_problem_for_chain(chain, info, instance, name))
     return result
@@ -330,9 +349,21 @@ class Scanner:
             raise NovakeeperError(
                 ExitCode.PATH, f"instances path {self.instances_path}: {exc.strerror}"
             ) from None
+        stats: dict[str, Fingerprint | None] = {}
+
+        def unchanged(scan: FolderScan) -> bool:
+            for file, seen in scan.files.items():
+                if file not in stats:
+                    stats[file] = fingerprint(file)
+                now = stats[file]
+                if now is None or now != seen or max(now[2], now[3]) >= recent_ns:
+                    return False
+            return True
+
         for path, kind, instance, mtime_ns in folders:
             old = previous.get(path)
-            if old is not None and old.mtime_ns == mtime_ns and mtime_ns < recent_ns:
+            if (old is not None and old.mtime_ns == mtime_ns and mtime_ns < recent_ns
+                    and unchanged(old)):
                 fresh[path] = old
             else:
                 fresh[path] = scan_folder(path, kind, instance, prober, mtime_ns)

@@ -58,9 +58,9 @@ class CacheName:
 
 _SHA1 = r"[0-9a-f]{40}"
 _ORIGINAL = re.compile(rf"({_SHA1})")
-_RESIZED = re.compile(rf"({_SHA1})_(\d+|sm)")
-_SWAP = re.compile(r"swap_(\d+)")
-_EPHEMERAL = re.compile(r"ephemeral_(\d+_[0-9a-f]{7})")
+_RESIZED = re.compile(rf"({_SHA1})_([0-9]+|sm)")
+_SWAP = re.compile(r"swap_([0-9]+)")
+_EPHEMERAL = re.compile(r"ephemeral_([0-9]+_[0-9a-f]{7})")
 _INFO = re.compile(rf"({_SHA1})\.info")
 
 
