@@ -211,7 +211,15 @@ def run(root: str | None, instances: int, keep: bool, out: Console) -> None:
                                   f"{base_root}/instances already exists; pick an empty --path")
         os.makedirs(base_root, exist_ok=True)
         started = time.time()
-        sb = build_sandbox(base_root, instances)
+        try:
+            sb = build_sandbox(base_root, instances)
+        except subprocess.CalledProcessError as exc:
+            err = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+            raise NovakeeperError(ExitCode.INTERNAL, "qemu-img failed while building the "
+                                  f"sandbox: {err[-1] if err else exc}") from None
+        except OSError as exc:
+            raise NovakeeperError(ExitCode.PATH, f"cannot build the sandbox in {base_root}: "
+                                  f"{exc.strerror}") from None
         out.print(f"[bold]Sandbox compute node[/] in {sb.instances_path}: {sb.instances} "
                   f"instance folders, {sb.cache_files} files in _base "
                   f"(built in {time.time() - started:.1f} s)")

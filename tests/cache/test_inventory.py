@@ -449,3 +449,47 @@ def test_one_bad_disk_does_not_stop_the_scan(node):
         old_swap.name: "held",
         old_orig.name: "remove",
     }
+
+
+# -- chains inside the cache and dangling links ------------------------------------------
+
+
+def test_qcow2_cache_file_keeps_the_cache_file_it_is_backed_by(node):
+    """force_raw_images = False leaves qcow2 files in the cache; one backed by another
+    cache file keeps it, even when no disk uses either (else removing the original would
+    break the overlay that stays because it is younger)."""
+    original = node.original("backed", age=OLD)
+    overlay = node.qcow2_base(f"{original.name}_20", original.name, age=60)
+
+    plan = node.plan()
+
+    decisions = by_name(plan)
+    assert decisions[original.name].verdict is Verdict.IN_USE
+    assert decisions[original.name].users == (f"_base/{overlay.name}",)
+    assert decisions[overlay.name].verdict is Verdict.TOO_YOUNG
+    report = node.execute(plan)
+    assert not report.removed
+    assert original.exists()
+
+
+def test_dangling_symlink_disk_holds_its_class(node):
+    """A disk that is a link into a share that is not mounted could use any root base."""
+    unused = node.original("unused", age=OLD)
+    swap = node.base("swap_512", age=OLD)
+    f = node.folder()
+    os.symlink("/nonexistent/share/disk", f / "disk")
+
+    plan = node.plan()
+
+    assert verdicts(plan, [unused.name, swap.name]) == {unused.name: "held",
+                                                        swap.name: "remove"}
+    [problem] = plan.problems
+    assert problem.code is ProblemCode.DISK_UNREADABLE
+    assert "dangling symbolic link" in problem.detail
+
+
+def test_fresh_info_leftover_is_too_young_not_downloading(node):
+    info = node.base(f"{sha1('x')}.info", age=60)
+    decision = by_name(node.plan())[info.name]
+    assert decision.verdict is Verdict.TOO_YOUNG
+    assert "removable in" in decision.reason

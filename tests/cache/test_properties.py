@@ -167,7 +167,11 @@ def build(spec: TreeSpec, root: Path, templates: Templates) -> tuple[Node, set[s
     # reached only through the disks' chains (disk -> mid -> [resized ->] original)
     shared = root / "shared"
     shared.mkdir()
+    # a qcow2 cache file keeps the files it is backed by, whether or not a disk uses it
     protected: set[str] = set()
+    for b in spec.bases:
+        if b.over is not None:
+            protected |= chain_of(b.over)
     for k, i in enumerate(spec.mids):
         name = spec.bases[i].name
         templates.copy(shared / f"mid_{k}.qcow2", f"../instances/_base/{name}", fmt[name])

@@ -33,6 +33,7 @@ class FolderKind(StrEnum):
     RESIZE = "resize"  # <uuid>_resize: source disks kept during resize and migration
     DELETED = "deleted"  # <uuid>_del: deletion deferred
     OTHER = "other"  # scanned anyway: a disk is a disk wherever it lies
+    CACHE = "cache"  # a qcow2 file in the cache backed by another cache file
 
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -274,7 +275,12 @@ def scan_folder(
             info = probe(entry.path)
         except ProbeError as exc:
             if exc.kind is ProbeErrorKind.MISSING:
-                continue  # deleted since listing
+                if known and entry.is_symlink():  # e.g. into a share that is not mounted
+                    result.problems.append(Problem(
+                        ProblemCode.DISK_UNREADABLE, entry.path,
+                        f"dangling symbolic link to {_readlink(entry.path)}", instance,
+                        kinds_usable_by(name)))
+                continue  # otherwise deleted since listing
             if exc.kind is ProbeErrorKind.NOT_A_FILE and not known:
                 continue
             result.problems.append(_problem_for_probe(exc, instance, name))
@@ -304,6 +310,44 @@ def scan_folder(
     return result
 
 
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
+
+
+# Cache files that may be qcow2 overlays of other cache files (force_raw_images = False).
+CHAINED_KINDS = frozenset({BaseKind.ORIGINAL, BaseKind.RESIZED, BaseKind.SWAP,
+                           BaseKind.EPHEMERAL})
+
+CacheChain = tuple[tuple[int, int, float, int], list[tuple[tuple[int, int], Disk]], list[Problem]]
+
+
+def cache_chain(base: BaseFile, cache_name: str, prober: CachedProber) -> CacheChain:
+    """The files a qcow2 cache file is backed by: they stay as long as it does."""
+    key = (base.dev, base.ino, base.mtime, base.size)
+    try:
+        info = probe(base.path)
+    except (ProbeError, ValueError):
+        return key, [], []
+    if info.format is not ImageFormat.QCOW2 or info.backing_file is None:
+        return key, [], []
+    chain = follow(info, prober)
+    user = Disk(path=base.path, instance=f"{cache_name}/{base.name}",
+                folder_kind=FolderKind.CACHE, format=str(info.format),
+                virtual_size=info.virtual_size, allocated=info.allocated,
+                chain=tuple(link.path for link in chain.links))
+    edges = [((link.dev, link.ino), user) for link in chain.links]
+    problems = []
+    if not chain.complete:
+        assert chain.broken_at is not None
+        problems.append(Problem(ProblemCode.CHAIN_BROKEN, base.path,
+                                f"{chain.broken}: {chain.broken_at}", None, frozenset(),
+                                frozenset({os.path.basename(chain.broken_at)})))
+    return key, edges, problems
+
+
 def iter_instance_folders(
     instances_path: str, cache_name: str
 ) -> Iterator[tuple[str, FolderKind, str, int]]:
@@ -331,7 +375,22 @@ class Scanner:
         self.cache_name = cache_name
         self.cache_path = os.path.join(instances_path, cache_name)
         self.folders: dict[str, FolderScan] = {}
+        self.cache_chains: dict[str, CacheChain] = {}
         self._last_scan = 0.0
+
+    def _scan_cache_chains(self, bases: list[BaseFile]) -> dict[str, CacheChain]:
+        """Read each cache file's header once; re-read only files that changed."""
+        prober = CachedProber()
+        fresh: dict[str, CacheChain] = {}
+        for base in bases:
+            if base.kind not in CHAINED_KINDS:
+                continue
+            old = self.cache_chains.get(base.name)
+            if old is not None and old[0] == (base.dev, base.ino, base.mtime, base.size):
+                fresh[base.name] = old
+            else:
+                fresh[base.name] = cache_chain(base, self.cache_name, prober)
+        return fresh
 
     def _scan_folders(self, previous: Mapping[str, FolderScan]) -> dict[str, FolderScan]:
         prober = CachedProber()
@@ -375,6 +434,7 @@ class Scanner:
         cache_st = _check_dir(self.cache_path, "cache folder")
         started = time.time()
         bases = scan_cache(self.cache_path)
+        self.cache_chains = self._scan_cache_chains(bases)
         self.folders = self._scan_folders({})
         self._last_scan = started
         return self._inventory(bases, now if now is not None else started, cache_st)
@@ -385,6 +445,7 @@ class Scanner:
         cache_st = _check_dir(self.cache_path, "cache folder")
         started = time.time()
         bases = scan_cache(self.cache_path)
+        self.cache_chains = self._scan_cache_chains(bases)
         self.folders = self._scan_folders(self.folders)
         self._last_scan = started
         return self._inventory(bases, started, cache_st)
@@ -397,10 +458,15 @@ class Scanner:
         users: dict[str, list[Disk]] = {}
         disks: list[Disk] = []
         problems: list[Problem] = []
+        edge_lists = [folder.edges for folder in self.folders.values()]
         for folder in self.folders.values():
             disks.extend(folder.disks)
             problems.extend(folder.problems)
-            for key, disk in folder.edges:
+        for _key, cache_edges, cache_problems in self.cache_chains.values():
+            edge_lists.append(cache_edges)
+            problems.extend(cache_problems)
+        for edges in edge_lists:
+            for key, disk in edges:
                 for base in by_id.get(key, ()):
                     lst = users.setdefault(base.name, [])
                     if not lst or lst[-1] is not disk:

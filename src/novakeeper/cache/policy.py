@@ -110,6 +110,9 @@ def rule_stale_partial(f: Facts) -> Decision | None:
     if f.age >= limit:
         reason = f"stale {what}: untouched for {human_age(f.age)} (limit {human_age(limit)})"
         return _decide(f, Verdict.STALE_PARTIAL, reason, limit)
+    if kind is BaseKind.INFO:
+        reason = f"{what}, too young: removable in {human_age(limit - f.age)}"
+        return _decide(f, Verdict.TOO_YOUNG, reason, limit)
     reason = (
         f"{what} in progress: touched {human_age(f.age)} ago, "
         f"stale in {human_age(limit - f.age)}"
