@@ -98,16 +98,19 @@ def probe(path: str) -> ImageInfo:
         raise _error(path, exc) from None
     try:
         st = os.fstat(fd)
-        if stat.S_ISBLK(st.st_mode):
-            return ImageInfo(path, ImageFormat.DEVICE, 0, None, None, None, 0,
-                             st.st_dev, st.st_ino, 0, 0, st.st_mtime)
-        if not stat.S_ISREG(st.st_mode):
+        device = stat.S_ISBLK(st.st_mode)
+        if not (device or stat.S_ISREG(st.st_mode)):
             raise ProbeError(path, ProbeErrorKind.NOT_A_FILE, "not a regular file")
         try:
             head = os.pread(fd, HEAD_SIZE, 0)
         except OSError as exc:
             raise _error(path, exc) from None
         fmt = _format_of(head)
+        if device and fmt is ImageFormat.RAW:
+            # a raw volume (LVM, a passed-through disk) ends a chain; a qcow2 written
+            # onto a device is read like any other, its backing file counts
+            return ImageInfo(path, ImageFormat.DEVICE, 0, None, None, None, 0,
+                             st.st_dev, st.st_ino, 0, 0, st.st_mtime)
         backing = backing_format = data_file = None
         virtual_size = st.st_size
         unknown = 0

@@ -1,0 +1,57 @@
+"""Shared helpers: real image files made with qemu-img (no mocks).
+
+The test folders have no __init__.py (pytest's default "prepend" import mode puts this
+folder on sys.path), so test modules anywhere under tests/ can do
+`from conftest import make_qcow2, make_raw, qemu_img`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+QEMU_IMG = shutil.which("qemu-img") or "qemu-img"
+
+
+def qemu_img(*args: str, cwd: str | os.PathLike[str] | None = None) -> str:
+    """Run qemu-img; fail the test with its stderr when it fails. Returns stdout."""
+    proc = subprocess.run(
+        [QEMU_IMG, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=60
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"qemu-img {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def make_qcow2(
+    path: str | os.PathLike[str],
+    backing: str | os.PathLike[str] | None = None,
+    backing_fmt: str = "raw",
+    size: str | None = "1G",
+    extra_args: Sequence[str] = (),
+) -> Path:
+    """`qemu-img create -q -f qcow2 [-b backing -F fmt] [extra] path [size]`, run in the
+    folder of `path` so that a relative `backing` is taken as qemu will read it."""
+    target = Path(os.path.abspath(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    args = ["create", "-q", "-f", "qcow2"]
+    if backing is not None:
+        args += ["-b", os.fspath(backing), "-F", backing_fmt]
+    args += [*extra_args, str(target)]
+    if size is not None:
+        args.append(size)
+    qemu_img(*args, cwd=target.parent)
+    return target
+
+
+def make_raw(path: str | os.PathLike[str], size: int, data: bytes = b"") -> Path:
+    """A sparse raw file of `size` bytes that starts with `data`."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as f:
+        f.write(data)
+        f.truncate(max(size, len(data)))
+    return target
