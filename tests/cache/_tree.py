@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
+from conftest import make_qcow2, make_raw
 from novakeeper.cache.executor import Executor, Report
 from novakeeper.cache.inventory import Inventory, Scanner
 from novakeeper.cache.plan import Decision, Plan
@@ -26,42 +25,11 @@ HOUR = 3600
 DAY = 86400
 MiB = 1 << 20
 GiB = 1 << 30
-QEMU_IMG = shutil.which("qemu-img") or "/usr/bin/qemu-img"
 
 
 def sha1(seed: str) -> str:
     """The cache name nova gives image `seed` (sha1 hex of the image id)."""
     return hashlib.sha1(seed.encode()).hexdigest()
-
-
-def make_raw(path: str | os.PathLike[str], size: int, data: bytes = b"") -> Path:
-    """A sparse raw file of `size` bytes; `data` is written at its start."""
-    p = Path(path)
-    with open(p, "wb") as f:
-        if data:
-            f.write(data)
-        f.truncate(size)
-    return p
-
-
-def make_qcow2(
-    path: str | os.PathLike[str],
-    backing: str | os.PathLike[str] | None = None,
-    backing_fmt: str = "raw",
-    size: str | int = "1G",
-    extra_args: Sequence[str] = (),
-) -> Path:
-    """`qemu-img create -f qcow2 [-b backing -F fmt] path size`, run in path's folder so a
-    relative backing name means what it will mean in the header."""
-    p = Path(path)
-    args = [QEMU_IMG, "create", "-q", "-f", "qcow2"]
-    if backing is not None:
-        args += ["-b", os.fspath(backing), "-F", backing_fmt]
-    args += [*extra_args, p.name, str(size)]
-    done = subprocess.run(args, cwd=p.parent, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(args)}: {done.stderr.strip()}")
-    return p
 
 
 def truncate(path: str | os.PathLike[str], length: int = 48) -> Path:

@@ -214,7 +214,9 @@ def expected_verdict(b: BaseSpec, protected: set[str], held: set[str],
     if not config.remove_unused_base_images:
         return "kept-by-config"
     if b.kind in PARTIALS:
-        return "stale-partial" if b.age >= config.stale_partial_seconds else "downloading"
+        if b.age >= config.stale_partial_seconds:
+            return "stale-partial"
+        return "too-young" if b.kind == "info" else "downloading"
     limit = (config.remove_unused_resized_minimum_age_seconds if b.kind == "resized"
              else config.remove_unused_original_minimum_age_seconds)
     return "remove" if b.age >= limit else "too-young"
