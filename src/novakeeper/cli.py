@@ -68,7 +68,10 @@ def cache() -> None:
 
 
 def _json_out(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    """Streamed: a 50,000-disk plan is never one giant string in memory."""
+    out = click.get_text_stream("stdout")
+    json.dump(data, out, indent=2, default=str)
+    out.write("\n")
 
 
 @cache.command()
@@ -86,7 +89,7 @@ def status(ctx: Context, as_json: bool) -> None:
 
 def _show_plan(result: Pass, as_json: bool) -> None:
     if as_json:
-        click.echo(render.plan_json(result.plan))
+        _json_out(result.plan.to_dict())
     else:
         render.plan_table(result.plan, console())
     render.log_plan(result.plan)

@@ -57,6 +57,7 @@ def test_qcow2_info(tmp_path: Path) -> None:
         path=str(path), format=ImageFormat.QCOW2, virtual_size=3 << 30, backing_file=None,
         backing_format=None, data_file=None, unknown_features=0, dev=st_.st_dev,
         ino=st_.st_ino, size=st_.st_size, allocated=st_.st_blocks * 512, mtime=st_.st_mtime,
+        changed=(st_.st_mtime_ns, st_.st_ctime_ns),
     )
 
 

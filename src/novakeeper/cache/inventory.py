@@ -270,10 +270,10 @@ def scan_folder(
         except OSError:
             pass
         known = name == "disk" or name.startswith("disk.")
-        result.files[entry.path] = fingerprint(entry.path)  # before reading: a later change shows
         try:
             info = probe(entry.path)
         except ProbeError as exc:
+            result.files[entry.path] = fingerprint(entry.path)
             if exc.kind is ProbeErrorKind.MISSING:
                 if known and entry.is_symlink():  # e.g. into a share that is not mounted
                     result.problems.append(Problem(
@@ -287,6 +287,8 @@ def scan_folder(
             continue
         except ValueError:
             continue  # a name the OS cannot open; not a file nova made
+        # taken by the probe's fstat, before its read: a later rewrite shows
+        result.files[entry.path] = (info.dev, info.ino, *info.changed)
         if info.format is ImageFormat.RAW and not known:
             continue  # some other file, not a disk
         chain = follow(info, prober)
@@ -304,7 +306,8 @@ def scan_folder(
         result.edges.append(((info.dev, info.ino), disk))
         for link in chain.links:
             result.edges.append(((link.dev, link.ino), disk))
-            result.files.setdefault(link.path, fingerprint(link.path))
+            if link.path not in result.files:  # from the probe's own fstat: no extra stat
+                result.files[link.path] = (link.dev, link.ino, *link.changed)
         if not chain.complete:
             result.problems.append(_problem_for_chain(chain, info, instance, name))
     return result

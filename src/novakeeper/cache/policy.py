@@ -151,10 +151,19 @@ def decide(inventory: Inventory, config: PolicyConfig, now: float) -> Plan:
     """Turn an inventory into a plan. Pure: same inputs, same plan."""
     decisions: list[Decision] = []
     problems = inventory.problems
+    # index the problems once: a node with thousands of broken disks stays linear
+    by_kind: dict[BaseKind, list[int]] = {}
+    by_name: dict[str, list[int]] = {}
+    for i, p in enumerate(problems):
+        for kind in p.holds_kinds:
+            by_kind.setdefault(kind, []).append(i)
+        for name in p.holds_names:
+            by_name.setdefault(name, []).append(i)
     for base in inventory.bases:
         disks = inventory.users_of(base.name)
         users = tuple(dict.fromkeys(d.instance for d in disks))
-        held = tuple(p for p in problems if p.holds(base.kind, base.name)) if problems else ()
+        hits = sorted(set(by_kind.get(base.kind, ())) | set(by_name.get(base.name, ())))
+        held = tuple(problems[i] for i in hits)
         facts = Facts(base, now - base.mtime, users, tuple(d.path for d in disks), held, config)
         for rule in RULES:
             decision = rule(facts)

@@ -3,7 +3,6 @@ lines in nova's own words."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter, defaultdict
 from typing import Any
@@ -87,10 +86,6 @@ def problems_block(plan: Plan, console: Console) -> None:
         console.print(f"  {p.line()}", highlight=False, markup=False)
     if len(plan.problems) > 50:
         console.print(f"  ... and {len(plan.problems) - 50} more (see --json)")
-
-
-def plan_json(plan: Plan) -> str:
-    return json.dumps(plan.to_dict(), indent=2, default=str)
 
 
 def status_data(inventory: Inventory, plan: Plan) -> dict[str, Any]:

@@ -71,6 +71,8 @@ class ImageInfo:
     size: int
     allocated: int
     mtime: float
+    changed: tuple[int, int] = (0, 0)
+    """(mtime_ns, ctime_ns) when the header was read: a rewrite in place changes them."""
 
 
 def resolve_backing(image_path: str, backing_file: str) -> str:
@@ -110,7 +112,8 @@ def probe(path: str) -> ImageInfo:
             # a raw volume (LVM, a passed-through disk) ends a chain; a qcow2 written
             # onto a device is read like any other, its backing file counts
             return ImageInfo(path, ImageFormat.DEVICE, 0, None, None, None, 0,
-                             st.st_dev, st.st_ino, 0, 0, st.st_mtime)
+                             st.st_dev, st.st_ino, 0, 0, st.st_mtime,
+                             (st.st_mtime_ns, st.st_ctime_ns))
         backing = backing_format = data_file = None
         virtual_size = st.st_size
         unknown = 0
@@ -147,6 +150,7 @@ def probe(path: str) -> ImageInfo:
             size=st.st_size,
             allocated=st.st_blocks * 512,
             mtime=st.st_mtime,
+            changed=(st.st_mtime_ns, st.st_ctime_ns),
         )
     finally:
         os.close(fd)
