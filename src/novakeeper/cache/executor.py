@@ -98,10 +98,12 @@ class Executor:
         report = Report()
         fd = open_cache_dir(self.inventory)
         try:
-            if self.touch_in_use:
-                report.touched = self._touch_in_use(fd)
             for decision in self.plan.removals:
                 report.outcomes.append(self._remove_one(fd, decision))
+            # After the removals: touching changes the bases' ctime, which would make every
+            # re-check above rescan every folder whose chain reaches a touched base.
+            if self.touch_in_use:
+                report.touched = self._touch_in_use(fd)
         finally:
             os.close(fd)
         return report

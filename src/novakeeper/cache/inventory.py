@@ -331,7 +331,7 @@ def cache_chain(base: BaseFile, cache_name: str, prober: CachedProber) -> CacheC
     """The files a qcow2 cache file is backed by: they stay as long as it does."""
     key = (base.dev, base.ino, base.mtime, base.size)
     try:
-        info = probe(base.path)
+        info = prober(base.path)
     except (ProbeError, ValueError):
         return key, [], []
     if info.format is not ImageFormat.QCOW2 or info.backing_file is None:
@@ -381,9 +381,9 @@ class Scanner:
         self.cache_chains: dict[str, CacheChain] = {}
         self._last_scan = 0.0
 
-    def _scan_cache_chains(self, bases: list[BaseFile]) -> dict[str, CacheChain]:
+    def _scan_cache_chains(self, bases: list[BaseFile], prober: CachedProber
+                           ) -> dict[str, CacheChain]:
         """Read each cache file's header once; re-read only files that changed."""
-        prober = CachedProber()
         fresh: dict[str, CacheChain] = {}
         for base in bases:
             if base.kind not in CHAINED_KINDS:
@@ -395,8 +395,8 @@ class Scanner:
                 fresh[base.name] = cache_chain(base, self.cache_name, prober)
         return fresh
 
-    def _scan_folders(self, previous: Mapping[str, FolderScan]) -> dict[str, FolderScan]:
-        prober = CachedProber()
+    def _scan_folders(self, previous: Mapping[str, FolderScan], prober: CachedProber
+                      ) -> dict[str, FolderScan]:
         fresh: dict[str, FolderScan] = {}
         # Folders changed within this window are rescanned even if their mtime looks the
         # same: coarse timestamps (NFS, some file systems) hide a change made just now.
@@ -437,8 +437,9 @@ class Scanner:
         cache_st = _check_dir(self.cache_path, "cache folder")
         started = time.time()
         bases = scan_cache(self.cache_path)
-        self.cache_chains = self._scan_cache_chains(bases)
-        self.folders = self._scan_folders({})
+        prober = CachedProber()  # one per pass: a base is read once, as disk link or file
+        self.cache_chains = self._scan_cache_chains(bases, prober)
+        self.folders = self._scan_folders({}, prober)
         self._last_scan = started
         return self._inventory(bases, now if now is not None else started, cache_st)
 
@@ -448,8 +449,9 @@ class Scanner:
         cache_st = _check_dir(self.cache_path, "cache folder")
         started = time.time()
         bases = scan_cache(self.cache_path)
-        self.cache_chains = self._scan_cache_chains(bases)
-        self.folders = self._scan_folders(self.folders)
+        prober = CachedProber()  # one per pass: a base is read once, as disk link or file
+        self.cache_chains = self._scan_cache_chains(bases, prober)
+        self.folders = self._scan_folders(self.folders, prober)
         self._last_scan = started
         return self._inventory(bases, started, cache_st)
 
