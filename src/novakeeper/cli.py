@@ -68,10 +68,12 @@ def cache() -> None:
 
 
 def _json_out(data: Any) -> None:
-    """Streamed: a 50,000-disk plan is never one giant string in memory."""
-    out = click.get_text_stream("stdout")
-    json.dump(data, out, indent=2, default=str)
-    out.write("\n")
+    """Indented on a terminal; compact otherwise, where json's C encoder writes a
+    50,000-disk plan in a fraction of the time the indenting (pure Python) one takes."""
+    if sys.stdout.isatty():
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        click.echo(json.dumps(data, separators=(",", ":"), default=str))
 
 
 @cache.command()
