@@ -55,3 +55,15 @@ def make_raw(path: str | os.PathLike[str], size: int, data: bytes = b"") -> Path
         f.write(data)
         f.truncate(max(size, len(data)))
     return target
+
+
+def make_deep_chain(root: Path, base_name: str, base_data: bytes = b"") -> dict[str, Path]:
+    """inst/disk -> ../snap/top.qcow2 -> ../other/mid.qcow2 -> ../_base/<base_name> (raw),
+    every backing name relative to its own image's folder."""
+    base = make_raw(root / "_base" / base_name, 4 << 20, base_data)
+    mid = make_qcow2(root / "other" / "mid.qcow2", backing=f"../_base/{base_name}", size="4M")
+    top = make_qcow2(root / "snap" / "top.qcow2", backing="../other/mid.qcow2",
+                     backing_fmt="qcow2", size="4M")
+    disk = make_qcow2(root / "inst" / "disk", backing="../snap/top.qcow2",
+                      backing_fmt="qcow2", size="4M")
+    return {"disk": disk, "top": top, "mid": mid, "base": base}

@@ -238,7 +238,7 @@ def run(root: str | None, instances: int, keep: bool, out: Console) -> None:
         report = Executor(first.scanner, first.inventory, first.plan, conf.touch_in_use).run()
         took = time.perf_counter() - t0
         for o in report.outcomes:
-            out.print(f"{o.action:8} {o.name:48} {human_bytes(o.freed):>10}  {o.reason}",
+            out.print(f"{o.action:8} {o.name:52} {human_bytes(o.freed):>10}  {o.reason}",
                       markup=False, highlight=False)
         out.print(f"removed {len(report.removed)} files, freed {human_bytes(report.freed)} "
                   f"in {took:.2f} s; marked {report.touched} in-use bases", highlight=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_qcow2, make_raw, qemu_img
+from conftest import make_deep_chain, make_qcow2, make_raw, qemu_img
 from novakeeper.cache.layout import image_hash
 from novakeeper.images.chain import (
     MAX_CHAIN_DEPTH,
@@ -46,13 +46,7 @@ def same(a: str | Path, b: str | Path) -> bool:
 @pytest.fixture
 def deep(tmp_path: Path) -> dict[str, Path]:
     """inst/disk -> ../snap/top.qcow2 -> ../other/mid.qcow2 -> ../_base/<sha1> (raw)."""
-    base = make_raw(tmp_path / "_base" / SHA, 4 * MiB, b"raw base")
-    mid = make_qcow2(tmp_path / "other" / "mid.qcow2", backing=f"../_base/{SHA}", size="4M")
-    top = make_qcow2(tmp_path / "snap" / "top.qcow2", backing="../other/mid.qcow2",
-                     backing_fmt="qcow2", size="4M")
-    disk = make_qcow2(tmp_path / "inst" / "disk", backing="../snap/top.qcow2",
-                      backing_fmt="qcow2", size="4M")
-    return {"disk": disk, "top": top, "mid": mid, "base": base}
+    return make_deep_chain(tmp_path, SHA, b"raw base")
 
 
 # --- complete chains -----------------------------------------------------------------------
