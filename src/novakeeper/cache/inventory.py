@@ -13,7 +13,7 @@ import re
 import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from novakeeper.cache.layout import (
@@ -491,12 +491,6 @@ class Scanner:
         )
 
 
-def scan(instances_path: str, cache_name: str = "_base", now: float | None = None) -> Inventory:
-    return Scanner(instances_path, cache_name).scan(now)
-
-
 def with_problems(inventory: Inventory, extra: Iterable[Problem]) -> Inventory:
     """The same inventory with more problems (e.g. from a cross-check)."""
-    from dataclasses import replace
-
     return replace(inventory, problems=inventory.problems + tuple(extra))

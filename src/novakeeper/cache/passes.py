@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,20 +25,16 @@ class Pass:
     disagreements: int = 0
 
 
-def cross_check(inventory: Inventory, progress: Callable[[int, int], None] | None = None
-                ) -> list[Problem]:
+def cross_check(inventory: Inventory) -> list[Problem]:
     """Compare every disk's chain with qemu-img's; each disagreement is a problem."""
     binary = crosscheck.qemu_img()
     problems = []
-    total = len(inventory.disks)
-    for i, disk in enumerate(inventory.disks, 1):
+    for disk in inventory.disks:
         detail = crosscheck.compare(disk.path, disk.chain, binary)
         if detail is not None:
             name = disk.path.rsplit("/", 1)[-1]
             problems.append(Problem(ProblemCode.CROSS_CHECK, disk.path, detail, disk.instance,
                                     kinds_usable_by(name)))
-        if progress is not None:
-            progress(i, total)
     return problems
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from novakeeper.cache.inventory import BaseFile, Inventory, Problem
-from novakeeper.cache.layout import BaseKind
+from novakeeper.cache.layout import DELETABLE_KINDS, BaseKind
 from novakeeper.cache.plan import Decision, Plan, Verdict
 from novakeeper.units import human_age
 
@@ -168,6 +168,8 @@ def decide(inventory: Inventory, config: PolicyConfig, now: float) -> Plan:
         for rule in RULES:
             decision = rule(facts)
             if decision is not None:
+                if decision.removes and base.kind not in DELETABLE_KINDS:  # defence in depth
+                    decision = _decide(facts, Verdict.UNKNOWN, f"{base.kind}: never removed")
                 decisions.append(decision)
                 break
         else:  # every kind is covered above; a new kind must not be removed by accident
