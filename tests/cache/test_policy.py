@@ -370,3 +370,21 @@ def test_every_file_gets_exactly_one_decision(node):
     assert js["summary"]["files"] == len(names)
     assert js["summary"]["removals"] == len(plan.removals) == 5
     assert {d["name"] for d in js["decisions"]} == set(names)
+
+
+def test_a_rule_that_would_remove_a_symlink_is_overruled(node, monkeypatch):
+    """Defence in depth: whatever a rule says, only nova's own kinds can be removed."""
+    from novakeeper.cache import policy
+
+    target = node.root / "elsewhere"
+    target.write_bytes(b"x")
+    os.symlink(target, node.cache / "link")
+    original = node.original("img", age=30 * DAY)
+
+    def remove_everything(f):
+        return policy._decide(f, Verdict.REMOVE, "rule gone wrong")
+
+    monkeypatch.setattr(policy, "RULES", (remove_everything,))
+    plan = node.plan()
+
+    assert verdicts(plan) == {"link": "unknown", original.name: "remove"}
