@@ -684,3 +684,21 @@ def test_version() -> None:
     proc = run_cli("--version")
     assert proc.returncode == 0
     assert proc.stdout.startswith("novakeeper, version ")
+
+
+def test_global_options_also_follow_the_command(tree: Tree) -> None:
+    """`novakeeper cache plan --instances-path X`, as the issue and operators write it."""
+    before = run_cli(*tree.cli("cache", "plan", "--json"))
+    after = run_cli("cache", "plan", "--json", "--config-file", tree.config,
+                    "--instances-path", tree.instances_path, "-v", "--log-format", "json")
+    assert after.returncode == 0, after.stderr
+    assert verdicts(after.stdout) == verdicts(before.stdout) == tree.expected
+    logged = [json.loads(line) for line in after.stderr.splitlines()]
+    assert any(r["message"].startswith("Active base files: ") for r in logged)
+
+
+def test_instances_path_after_the_command_wins_over_the_one_before(tree: Tree) -> None:
+    proc = run_cli("--instances-path", "/nonexistent", "cache", "status", "--json",
+                   "--config-file", tree.config, "--instances-path", tree.instances_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["instances_path"] == tree.instances_path

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -24,10 +25,10 @@ from novakeeper.units import human_bytes
 
 @dataclass
 class Context:
-    config_files: tuple[str, ...] | None
-    instances_path: str | None
-    verbose: int
-    log_format: str
+    config_files: tuple[str, ...] | None = None
+    instances_path: str | None = None
+    verbose: int = 0
+    log_format: str = "text"
 
     def settings(self) -> settings.Settings:
         return settings.load(self.config_files, self.instances_path)
@@ -44,22 +45,55 @@ def console() -> Console:
     return Console(width=220, highlight=False, color_system=None, soft_wrap=False)
 
 
+def _remember(field: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """Store a global option in the shared Context, wherever on the line it was given."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value in (None, (), 0):
+            return value
+        obj = ctx.ensure_object(Context)
+        if field == "config_files":
+            obj.config_files = (obj.config_files or ()) + tuple(value)
+        elif field == "verbose":
+            obj.verbose += value
+        else:
+            setattr(obj, field, value)
+        obj.log()
+        return value
+
+    return callback
+
+
+def global_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The global options, accepted before the command (`novakeeper --instances-path X
+    cache plan`) and after it (`novakeeper cache plan --instances-path X`)."""
+    options = [
+        click.option("--config-file", multiple=True, metavar="PATH", expose_value=False,
+                     callback=_remember("config_files"),
+                     help="nova.conf-style file; repeatable, later files win. Default: "
+                          "/etc/nova/nova.conf then /etc/novakeeper/novakeeper.conf, "
+                          "those present."),
+        click.option("--instances-path", metavar="PATH", expose_value=False,
+                     callback=_remember("instances_path"),
+                     help="Override [DEFAULT] instances_path."),
+        click.option("-v", "--verbose", count=True, expose_value=False,
+                     callback=_remember("verbose"), help="-v: INFO log lines, -vv: DEBUG."),
+        click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+                     expose_value=False, callback=_remember("log_format"),
+                     help="text (default): nova's line format; json: one object a line."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config-file", "config_files", multiple=True, metavar="PATH",
-              help="nova.conf-style file; repeatable, later files win. Default: "
-                   "/etc/nova/nova.conf then /etc/novakeeper/novakeeper.conf, those present.")
-@click.option("--instances-path", metavar="PATH",
-              help="Override [DEFAULT] instances_path.")
-@click.option("-v", "--verbose", count=True, help="-v: INFO log lines, -vv: DEBUG.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
-              show_default=True, help="text: nova's line format; json: one object a line.")
+@global_options
 @click.version_option(__version__, prog_name="novakeeper")
 @click.pass_context
-def cli(ctx: click.Context, config_files: tuple[str, ...], instances_path: str | None,
-        verbose: int, log_format: str) -> None:
+def cli(ctx: click.Context) -> None:
     """Keep a nova compute node's image cache ($instances_path/_base) small and safe."""
-    ctx.obj = Context(config_files or None, instances_path, verbose, log_format)
-    ctx.obj.log()
+    ctx.ensure_object(Context).log()
 
 
 @cli.group()
@@ -77,6 +111,7 @@ def _json_out(data: Any) -> None:
 
 
 @cache.command()
+@global_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status(ctx: Context, as_json: bool) -> None:
@@ -98,6 +133,7 @@ def _show_plan(result: Pass, as_json: bool) -> None:
 
 
 @cache.command()
+@global_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--cross-check", is_flag=True,
               help="Also run qemu-img info --backing-chain on every disk and report "
@@ -143,6 +179,7 @@ def _report_json(result: Pass, report: Report) -> dict[str, Any]:
 
 
 @cache.command()
+@global_options
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--dry-run", is_flag=True, help="Only show the plan (the same as `cache plan`).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
