@@ -283,8 +283,13 @@ def test_relative_instances_path_argument_is_made_absolute(
 def test_malformed_file_names_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, "[DEFAULT]\nstate_path = /srv\nthis line has no equals sign\n")
     msg = config_error([path])
-    assert msg.startswith(f"{path}: line 3: ")
+    assert msg.startswith(f"{path}: line 3 in [DEFAULT]: ")
     assert "this line has no equals sign" in msg
+
+
+def test_malformed_line_names_its_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "[DEFAULT]\nhost = a\n\n[image_cache]\n# note\nforty two\n")
+    assert config_error([path]).startswith(f"{path}: line 6 in [image_cache]: ")
 
 
 def test_option_outside_any_section_is_malformed(tmp_path: Path) -> None:

@@ -229,8 +229,25 @@ def _parse_error(exc: cfg.ConfigFileParseError) -> str:
     if msg.startswith(prefix):
         rest = msg[len(prefix):]
         line, _, reason = rest.partition(",")
-        return f"{exc.config_file}: line {line.strip()}: {reason.strip()}"
+        section = _section_at(exc.config_file, line.strip())
+        where = f" in [{section}]" if section else ""
+        return f"{exc.config_file}: line {line.strip()}{where}: {reason.strip()}"
     return f"{exc.config_file}: {msg}"
+
+
+def _section_at(path: str, line: str) -> str | None:
+    """The section a (malformed) line belongs to: the last header above it."""
+    try:
+        number = int(line)
+        with open(path, encoding="utf-8", errors="replace") as f:
+            head = [next(f, "") for _ in range(number)]
+    except (OSError, ValueError):
+        return None
+    for text in reversed(head[:-1]):
+        stripped = text.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            return stripped[1:-1].strip()
+    return None
 
 
 def _reject_unknown(files: Sequence[str]) -> None:
