@@ -130,9 +130,9 @@ def status_text(data: dict[str, Any], console: Console) -> None:
         f"{human_bytes(data['size'])} apparent", highlight=False)
     c.print(f"reclaimable  {human_bytes(data['reclaimable'])} (what `cache clean` would free now)",
             highlight=False)
-    c.print(f"instances    {data['instance_folders']} folders, {data['disks']} disks "
-            + ", ".join(f"{n} {fmt}" for fmt, n in data["disks_by_format"].items()),
-            highlight=False)
+    formats = ", ".join(f"{n} {fmt}" for fmt, n in data["disks_by_format"].items())
+    c.print(f"instances    {data['instance_folders']} folders, {data['disks']} disks"
+            + (f" ({formats})" if formats else ""), highlight=False)
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, title=None)
     table.add_column("KIND")
     table.add_column("FILES", justify="right")
