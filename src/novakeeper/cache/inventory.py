@@ -232,19 +232,25 @@ def _problem_for_probe(exc: ProbeError, instance: str, disk_name: str) -> Proble
     return Problem(code, exc.path, exc.detail, instance, kinds_usable_by(disk_name))
 
 
-def _problem_for_chain(chain: Chain, disk: ImageInfo, instance: str, disk_name: str) -> Problem:
+def _problem_for_chain(chain: Chain, path: str, instance: str | None,
+                       could_use: frozenset[BaseKind]) -> Problem:
+    """A chain that stops early holds what lies beyond the break: the kinds of base the
+    image `path` could use, and any cache file named like the file where it stopped."""
     assert chain.broken is not None and chain.broken_at is not None
-    held_name = os.path.basename(chain.broken_at)
     detail = f"{chain.broken}: {chain.broken_at}"
-    if chain.detail and chain.broken not in (Break.MISSING,):
+    if chain.detail and chain.broken is not Break.MISSING:
         detail += f" ({chain.detail})"
-    if chain.broken is Break.LOOP:
-        # Every file of a looping chain was seen: nothing unknown lies beyond it.
-        kinds: frozenset[BaseKind] = frozenset()
-    else:
-        kinds = kinds_usable_by(disk_name)
-    return Problem(ProblemCode.CHAIN_BROKEN, disk.path, detail, instance, kinds,
-                   frozenset({held_name}))
+    # Every file of a looping chain was seen: nothing unknown lies beyond it.
+    kinds = frozenset() if chain.broken is Break.LOOP else could_use
+    return Problem(ProblemCode.CHAIN_BROKEN, path, detail, instance, kinds,
+                   frozenset({os.path.basename(chain.broken_at)}))
+
+
+def _chained_disk(path: str, instance: str, kind: FolderKind, info: ImageInfo,
+                  chain: Chain) -> Disk:
+    return Disk(path=path, instance=instance, folder_kind=kind, format=str(info.format),
+                virtual_size=info.virtual_size, allocated=info.allocated,
+                chain=tuple(link.path for link in chain.links))
 
 
 def scan_folder(
@@ -292,15 +298,7 @@ def scan_folder(
         if info.format is ImageFormat.RAW and not known:
             continue  # some other file, not a disk
         chain = follow(info, prober)
-        disk = Disk(
-            path=entry.path,
-            instance=instance,
-            folder_kind=kind,
-            format=str(info.format),
-            virtual_size=info.virtual_size,
-            allocated=info.allocated,
-            chain=tuple(link.path for link in chain.links),
-        )
+        disk = _chained_disk(entry.path, instance, kind, info, chain)
         result.disks.append(disk)
         # a disk that is itself a cache file (a symbolic or hard link to it) uses that file
         result.edges.append(((info.dev, info.ino), disk))
@@ -309,7 +307,8 @@ def scan_folder(
             if link.path not in result.files:  # from the probe's own fstat: no extra stat
                 result.files[link.path] = (link.dev, link.ino, *link.changed)
         if not chain.complete:
-            result.problems.append(_problem_for_chain(chain, info, instance, name))
+            result.problems.append(
+                _problem_for_chain(chain, entry.path, instance, kinds_usable_by(name)))
     return result
 
 
@@ -337,17 +336,10 @@ def cache_chain(base: BaseFile, cache_name: str, prober: CachedProber) -> CacheC
     if info.format is not ImageFormat.QCOW2 or info.backing_file is None:
         return key, [], []
     chain = follow(info, prober)
-    user = Disk(path=base.path, instance=f"{cache_name}/{base.name}",
-                folder_kind=FolderKind.CACHE, format=str(info.format),
-                virtual_size=info.virtual_size, allocated=info.allocated,
-                chain=tuple(link.path for link in chain.links))
+    user = _chained_disk(base.path, f"{cache_name}/{base.name}", FolderKind.CACHE, info, chain)
     edges = [((link.dev, link.ino), user) for link in chain.links]
-    problems = []
-    if not chain.complete:
-        assert chain.broken_at is not None
-        problems.append(Problem(ProblemCode.CHAIN_BROKEN, base.path,
-                                f"{chain.broken}: {chain.broken_at}", None, frozenset(),
-                                frozenset({os.path.basename(chain.broken_at)})))
+    # a cache file is not a disk of any class: a break holds only the file it names
+    problems = [] if chain.complete else [_problem_for_chain(chain, base.path, None, frozenset())]
     return key, edges, problems
 
 
