@@ -13,6 +13,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+import pytest
+
 QEMU_IMG = shutil.which("qemu-img") or "qemu-img"
 
 
@@ -67,3 +69,13 @@ def make_deep_chain(root: Path, base_name: str, base_data: bytes = b"") -> dict[
     disk = make_qcow2(root / "inst" / "disk", backing="../snap/top.qcow2",
                       backing_fmt="qcow2", size="4M")
     return {"disk": disk, "top": top, "mid": mid, "base": base}
+
+
+@pytest.fixture(autouse=True)
+def _private_state_database(tmp_path_factory: pytest.TempPathFactory,
+                            monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own state database, through oslo.config's environment source
+    (inherited by the CLI subprocesses); no test ever writes /var/lib/novakeeper."""
+    path = tmp_path_factory.mktemp("state") / "novakeeper" / "state.db"
+    monkeypatch.setenv("OS_NOVAKEEPER__STATE_PATH", str(path))
+    return path

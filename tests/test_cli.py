@@ -92,7 +92,7 @@ def without_clock(plan: dict[str, Any]) -> dict[str, Any]:
     """A plan's JSON without what changes from one second to the next."""
     plan = dict(plan)
     plan.pop("now")
-    plan["decisions"] = [{k: v for k, v in d.items() if k != "age_seconds"}
+    plan["decisions"] = [{k: v for k, v in d.items() if k not in ("age_seconds", "last_used")}
                          for d in plan["decisions"]]
     return plan
 

@@ -6,8 +6,10 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -20,7 +22,11 @@ from novakeeper.cache.executor import Executor, Report
 from novakeeper.cache.passes import Pass, plan_pass
 from novakeeper.cache.plan import Verdict
 from novakeeper.errors import ExitCode, NovakeeperError
-from novakeeper.units import human_bytes
+from novakeeper.state import journal as journal_mod
+from novakeeper.state import pins
+from novakeeper.state.db import StateDB, open_state
+from novakeeper.state.journal import Journal
+from novakeeper.units import human_bytes, parse_duration
 
 
 @dataclass
@@ -115,9 +121,9 @@ def _json_out(data: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 def status(ctx: Context, as_json: bool) -> None:
-    """Summary: files by kind and verdict, bytes, disks seen, problems."""
-    result = plan_pass(ctx.settings())
-    data = render.status_data(result.inventory, result.plan)
+    """Summary: files by kind and verdict, bytes, budget and headroom, disks, problems."""
+    with plan_pass(ctx.settings()) as result:
+        data = render.status_data(result.inventory, result.plan)
     if as_json:
         _json_out(data)
     else:
@@ -141,8 +147,8 @@ def _show_plan(result: Pass, as_json: bool) -> None:
 @click.pass_obj
 def plan(ctx: Context, as_json: bool, cross_check: bool) -> None:
     """The dry run: what clean would do to each file, and why."""
-    result = plan_pass(ctx.settings(), check=cross_check)
-    _show_plan(result, as_json)
+    with plan_pass(ctx.settings(), check=cross_check) as result:
+        _show_plan(result, as_json)
     if result.disagreements:
         raise NovakeeperError(ExitCode.CROSS_CHECK,
                               f"qemu-img disagrees with novakeeper on {result.disagreements} "
@@ -192,7 +198,11 @@ def clean(ctx: Context, yes: bool, dry_run: bool, as_json: bool, cross_check: bo
         return
     ctx.log(floor=logging.INFO)
     conf = ctx.settings()
-    result = plan_pass(conf, check=cross_check)
+    with plan_pass(conf, check=cross_check, write_state=True) as result:
+        _clean(result, conf, yes, as_json)
+
+
+def _clean(result: Pass, conf: settings.Settings, yes: bool, as_json: bool) -> None:
     if as_json:
         render.log_plan(result.plan)  # the plan goes out once, with the result, below
     else:
@@ -203,7 +213,10 @@ def clean(ctx: Context, yes: bool, dry_run: bool, as_json: bool, cross_check: bo
                     f"{human_bytes(result.plan.frees)}?")
         if not click.confirm(question, default=False, err=True):
             raise NovakeeperError(ExitCode.ABORTED, "nothing removed: not confirmed")
-    report = Executor(result.scanner, result.inventory, result.plan, conf.touch_in_use).run()
+    assert result.state is not None  # write_state=True: opened read-write or raised
+    journal = Journal(result.state, result.plan.policy)
+    report = Executor(result.scanner, result.inventory, result.plan, conf.touch_in_use,
+                      journal).run()
     if as_json:
         _json_out(_report_json(result, report))
     else:
@@ -215,11 +228,105 @@ def clean(ctx: Context, yes: bool, dry_run: bool, as_json: bool, cross_check: bo
     if result.disagreements:
         raise NovakeeperError(ExitCode.CROSS_CHECK,
                               f"qemu-img disagrees on {result.disagreements} disks")
+    if result.plan.shortfall:
+        assert result.plan.budget is not None
+        raise NovakeeperError(ExitCode.SHORTFALL, "cannot meet the cache budget: "
+                              + result.plan.budget.shortfall_words())
     if result.plan.problems:
         raise NovakeeperError(
             ExitCode.PROBLEMS,
             f"{len(result.plan.problems)} problems met while scanning; {held} files held "
             "until they are fixed (see `novakeeper cache plan`)")
+
+
+def _state(ctx: Context, write: bool) -> tuple[settings.Settings, StateDB]:
+    conf = ctx.settings()
+    return conf, open_state(conf.state_path, write=write)
+
+
+@cache.command()
+@global_options
+@click.argument("image_id")
+@click.option("--note", default="", help="Why it is pinned (shown by `cache pins`).")
+@click.option("--file", "is_pattern", is_flag=True,
+              help="IMAGE_ID is a glob pattern of cache file names instead.")
+@click.pass_obj
+def pin(ctx: Context, image_id: str, note: str, is_pattern: bool) -> None:
+    """Never remove an image's cached bases (or files matching a pattern)."""
+    why = pins.check_pattern(image_id) if is_pattern else pins.check_image_id(image_id)
+    if why:
+        raise NovakeeperError(ExitCode.USAGE, why)
+    kind = "file" if is_pattern else "image"
+    _, db = _state(ctx, write=True)
+    with closing(db):
+        added = pins.add(db, kind, image_id.strip(), note, time.time())
+    what = (f"pattern {image_id!r}" if is_pattern
+            else f"image {image_id} (cache name {pins.hash_for(image_id)})")
+    click.echo(f"pinned {what}" if added else f"{what} was already pinned")
+
+
+@cache.command()
+@global_options
+@click.argument("image_id")
+@click.option("--file", "is_pattern", is_flag=True, help="IMAGE_ID is a file pattern.")
+@click.pass_obj
+def unpin(ctx: Context, image_id: str, is_pattern: bool) -> None:
+    """Remove a pin made with `cache pin` (pins in nova.conf stay until edited there)."""
+    kind = "file" if is_pattern else "image"
+    conf, db = _state(ctx, write=True)
+    with closing(db):
+        removed = pins.remove(db, kind, image_id.strip())
+    if removed:
+        click.echo(f"unpinned {image_id}")
+        return
+    in_config = any(p.kind == kind and (p.value == image_id or p.hash == pins.hash_for(
+        image_id)) for p in conf.pins)
+    where = " (it is pinned in the configuration: edit [novakeeper] there)" if in_config else ""
+    raise NovakeeperError(ExitCode.USAGE, f"{image_id} is not pinned with `cache pin`{where}")
+
+
+@cache.command("pins")
+@global_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def list_pins(ctx: Context, as_json: bool) -> None:
+    """Every pin, from the configuration and from `cache pin`, with the files it keeps."""
+    conf, db = _state(ctx, write=False)
+    with closing(db):
+        all_pins = list(conf.pins) + pins.load(db)
+    try:
+        names = sorted(os.listdir(conf.cache_path))
+    except OSError:
+        names = []
+    rows = [{**p.to_dict(), "files": pins.Pins((p,)).keeps(names)} for p in all_pins]
+    if as_json:
+        _json_out({"pins": rows})
+    else:
+        render.pins_table(rows, console())
+
+
+@cache.command()
+@global_options
+@click.option("--since", metavar="AGE", default=None,
+              help="Only entries newer than this (7d, 12h, 30m).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="At most N entries.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def history(ctx: Context, since: str | None, limit: int | None, as_json: bool) -> None:
+    """The removal journal: what was removed, when, why, and what it freed."""
+    start = None
+    if since is not None:
+        try:
+            start = time.time() - parse_duration(since)
+        except ValueError as exc:
+            raise NovakeeperError(ExitCode.USAGE, f"--since: {exc}") from None
+    _, db = _state(ctx, write=False)
+    with closing(db):
+        entries = journal_mod.history(db, start, limit)
+    if as_json:
+        _json_out({"entries": [e.to_dict() for e in entries]})
+        return
+    render.history_table(entries, console())
 
 
 @cli.command()

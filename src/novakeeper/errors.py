@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     ABORTED = 7  # the operator declined the confirmation
     FAILED_REMOVALS = 8  # clean could not remove some files it planned to remove
     CROSS_CHECK = 9  # --cross-check found qemu-img disagreeing with our reading
+    SHORTFALL = 10  # clean finished, but the budget cannot be met: the rest is in use/pinned
 
 
 class NovakeeperError(Exception):

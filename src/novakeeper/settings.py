@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from oslo_config import cfg
 
+from novakeeper.cache.budget import BudgetConfig
 from novakeeper.cache.policy import PolicyConfig
 from novakeeper.errors import ExitCode, NovakeeperError
+from novakeeper.state import pins
+from novakeeper.state.db import DEFAULT_PATH as DEFAULT_STATE_PATH
+from novakeeper.units import parse_percent, parse_size
 
 DEFAULT_CONFIG_FILES = ("/etc/nova/nova.conf", "/etc/novakeeper/novakeeper.conf")
 
@@ -65,6 +69,22 @@ NOVAKEEPER_OPTS: list[cfg.Opt] = [
                help="A .part/.converted file untouched this long is a dead download."),
     cfg.BoolOpt("touch_in_use", default=True,
                 help="clean marks in-use bases by setting their mtime to now, as nova does."),
+    cfg.StrOpt("max_cache_size", sample_default="50G",
+               help="Allocated bytes the cache may hold (50G, 500M, 2T)."),
+    cfg.StrOpt("high_watermark", sample_default="85%",
+               help="Eviction starts when the file system holding the cache is fuller."),
+    cfg.StrOpt("low_watermark", sample_default="80%",
+               help="Eviction stops once the file system is down to this."),
+    cfg.StrOpt("min_free_space", sample_default="20G",
+               help="Bytes (20G) or percent (10%) to keep free on the cache's file system."),
+    cfg.IntOpt("eviction_min_age_seconds", default=3600, min=0,
+               help="An unused base younger than this is never evicted for space."),
+    cfg.StrOpt("state_path", default=DEFAULT_STATE_PATH,
+               help="SQLite database of usage records, pins and the removal journal."),
+    cfg.ListOpt("pinned_images", default=[],
+                help="Glance image ids whose bases are never removed."),
+    cfg.ListOpt("pinned_files", default=[],
+                help="Glob patterns of cache file names that are never removed."),
 ]
 
 OPT_GROUPS: tuple[tuple[str, list[cfg.Opt]], ...] = (
@@ -83,6 +103,9 @@ class Settings:
     policy: PolicyConfig
     touch_in_use: bool
     config_files: tuple[str, ...]
+    state_path: str = DEFAULT_STATE_PATH
+    pins: tuple[pins.Pin, ...] = ()
+    """Pins from the configuration; the state database holds the others."""
 
     @property
     def cache_path(self) -> str:
@@ -122,6 +145,10 @@ def _where(files: Sequence[str], names: Sequence[tuple[str, str]]) -> tuple[str,
             if written is not None:
                 found = (path, written, option)
                 break
+    for section, option in names:  # oslo.config's environment source beats the files
+        var = f"OS_{section.upper()}__{option.upper()}"
+        if var in os.environ:
+            return (f"environment {var}", section, option)
     return found
 
 
@@ -165,7 +192,7 @@ def load(
     for path in files:
         args += ["--config-file", path]
     try:
-        conf(args=args, project="novakeeper", default_config_files=[], use_env=False)
+        conf(args=args, project="novakeeper", default_config_files=[], use_env=True)
     except cfg.ConfigFileParseError as exc:
         raise NovakeeperError(ExitCode.CONFIG, _parse_error(exc)) from None
     except cfg.Error as exc:
@@ -204,6 +231,11 @@ def load(
         raise NovakeeperError(ExitCode.CONFIG, "[DEFAULT] instances_path is empty")
     ic = values["image_cache"]
     nk = values["novakeeper"]
+    budget = _budget(files, nk)
+    config_pins = _pins(files, nk)
+    state_path = nk["state_path"]
+    if not state_path:
+        _invalid(files, "state_path", "must be a file path")
     return Settings(
         instances_path=os.path.abspath(ipath),
         subdirectory_name=subdir,
@@ -216,10 +248,62 @@ def load(
             remove_unused_resized_minimum_age_seconds=ic[
                 "remove_unused_resized_minimum_age_seconds"],
             stale_partial_seconds=nk["stale_partial_seconds"],
+            budget=budget,
         ),
         touch_in_use=nk["touch_in_use"],
         config_files=tuple(files),
+        state_path=os.path.abspath(state_path),
+        pins=tuple(config_pins),
     )
+
+
+def _invalid(files: Sequence[str], option: str, reason: str) -> NoReturn:
+    opt = next(o for o in NOVAKEEPER_OPTS if o.dest == option)
+    path, section, name = _where(files, _candidate_names("novakeeper", opt))
+    where = f"{path}: " if path else ""
+    raise NovakeeperError(ExitCode.CONFIG, f"{where}[{section}] {name}: invalid value: {reason}")
+
+
+def _budget(files: Sequence[str], nk: dict[str, Any]) -> BudgetConfig:
+    """Parse the budget options, each with a one-line error naming file and option."""
+    def parsed(option: str, parse: Callable[[str], Any]) -> Any:
+        text = nk[option]
+        if text is None or not str(text).strip():
+            return None
+        try:
+            return parse(str(text))
+        except ValueError as exc:
+            _invalid(files, option, str(exc))
+
+    max_size = parsed("max_cache_size", parse_size)
+    if max_size == 0:
+        _invalid(files, "max_cache_size", "0 would evict every unused base; unset it instead")
+    high = parsed("high_watermark", parse_percent)
+    low = parsed("low_watermark", parse_percent)
+    if high is not None and low is not None and low > high:
+        _invalid(files, "low_watermark",
+                 f"{low:g}% is above high_watermark {high:g}%; eviction stops below low")
+    free_text = nk["min_free_space"]
+    free_bytes = free_pct = None
+    if free_text is not None and str(free_text).strip().endswith("%"):
+        free_pct = parsed("min_free_space", parse_percent)
+    else:
+        free_bytes = parsed("min_free_space", parse_size)
+    return BudgetConfig(max_cache_size=max_size, high_watermark=high, low_watermark=low,
+                        min_free_space=free_bytes, min_free_percent=free_pct,
+                        eviction_min_age_seconds=nk["eviction_min_age_seconds"])
+
+
+def _pins(files: Sequence[str], nk: dict[str, Any]) -> list[pins.Pin]:
+    for image in nk["pinned_images"]:
+        why = pins.check_image_id(image)
+        if why:
+            _invalid(files, "pinned_images", why)
+    for pattern in nk["pinned_files"]:
+        why = pins.check_pattern(pattern)
+        if why:
+            _invalid(files, "pinned_files", why)
+    return pins.from_config(nk["pinned_images"], nk["pinned_files"])
 
 
 def _parse_error(exc: cfg.ConfigFileParseError) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import sqlite3
 import stat
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from enum import StrEnum
 from novakeeper.cache.inventory import Inventory, Scanner
 from novakeeper.cache.plan import Decision, Plan, Verdict
 from novakeeper.errors import ExitCode, NovakeeperError
+from novakeeper.state.journal import Entry, Journal
 
 LOG = logging.getLogger("novakeeper.cache")
 
@@ -88,11 +90,12 @@ def _same_file(st: os.stat_result, d: Decision) -> bool:
 
 class Executor:
     def __init__(self, scanner: Scanner, inventory: Inventory, plan: Plan,
-                 touch_in_use: bool = True) -> None:
+                 touch_in_use: bool = True, journal: Journal | None = None) -> None:
         self.scanner = scanner
         self.inventory = inventory
         self.plan = plan
         self.touch_in_use = touch_in_use
+        self.journal = journal
 
     def run(self) -> Report:
         report = Report()
@@ -160,6 +163,12 @@ class Executor:
         if not _same_file(st, d):
             return Outcome(d.name, d.path, Action.SKIPPED, "no longer the planned regular file")
         freed = st.st_blocks * 512 if st.st_nlink <= 1 else 0
+        entry = None
+        if self.journal is not None:
+            try:  # no record, no removal: the history must show every unlink
+                entry = self.journal.begin(d, freed, time.time())
+            except sqlite3.Error as exc:
+                return Outcome(d.name, d.path, Action.SKIPPED, f"journal unavailable: {exc}")
         LOG.info("Removing base file: %s", d.path,
                  extra={"data": {"event": "remove", "file": d.path, "kind": str(d.kind),
                                  "verdict": str(d.verdict), "reason": d.reason,
@@ -168,7 +177,22 @@ class Executor:
             os.unlink(d.name, dir_fd=fd)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
-                return Outcome(d.name, d.path, Action.SKIPPED, "already gone")
-            LOG.error("Failed to remove %s, error was %s", d.path, exc)
-            return Outcome(d.name, d.path, Action.FAILED, exc.strerror or str(exc))
-        return Outcome(d.name, d.path, Action.REMOVED, d.reason, freed)
+                outcome = Outcome(d.name, d.path, Action.SKIPPED, "already gone")
+            else:
+                LOG.error("Failed to remove %s, error was %s", d.path, exc)
+                outcome = Outcome(d.name, d.path, Action.FAILED, exc.strerror or str(exc))
+        else:
+            outcome = Outcome(d.name, d.path, Action.REMOVED, d.reason, freed)
+        self._journal_end(entry, outcome)
+        return outcome
+
+    def _journal_end(self, entry: int | None, outcome: Outcome) -> None:
+        if self.journal is None or entry is None:
+            return
+        kind = {Action.REMOVED: Entry.REMOVED, Action.SKIPPED: Entry.SKIPPED,
+                Action.FAILED: Entry.FAILED}[outcome.action]
+        detail = "" if outcome.action is Action.REMOVED else outcome.reason
+        try:
+            self.journal.end(entry, kind, outcome.freed, detail, time.time())
+        except sqlite3.Error as exc:  # the next run settles the row from its scan
+            LOG.warning("Journal: could not complete the record of %s: %s", outcome.path, exc)

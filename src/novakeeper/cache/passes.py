@@ -4,25 +4,50 @@ benchmark all go through here, so they run exactly the same code."""
 from __future__ import annotations
 
 import gc
+import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import TracebackType
 
+from novakeeper.cache.budget import FsUsage
 from novakeeper.cache.inventory import Inventory, Problem, ProblemCode, Scanner, with_problems
 from novakeeper.cache.layout import kinds_usable_by
 from novakeeper.cache.plan import Plan
-from novakeeper.cache.policy import decide
+from novakeeper.cache.policy import Observed, decide
+from novakeeper.errors import NovakeeperError
 from novakeeper.images import crosscheck
 from novakeeper.settings import Settings
+from novakeeper.state import journal, pins, usage
+from novakeeper.state.db import StateDB, open_state
+
+LOG = logging.getLogger("novakeeper.cache")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Pass:
     scanner: Scanner
     inventory: Inventory
     plan: Plan
     disagreements: int = 0
+    state: StateDB | None = None
+    """Open for the executor's journal; None when it could not be opened read-write."""
+    reconciled: list[journal.JournalEntry] = field(default_factory=list)
+    """Journal rows a crashed run left unfinished, settled by this pass."""
+
+    def close(self) -> None:
+        if self.state is not None:
+            self.state.close()
+            self.state = None
+
+    def __enter__(self) -> Pass:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
 
 
 def cross_check(inventory: Inventory) -> list[Problem]:
@@ -54,7 +79,63 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def plan_pass(settings: Settings, now: float | None = None, check: bool = False) -> Pass:
+def _open_state(settings: Settings, write: bool, notes: list[str]) -> StateDB | None:
+    """The state database; for a plan, a database it cannot open is a note, not an error."""
+    try:
+        return open_state(settings.state_path, write=write)
+    except NovakeeperError as exc:
+        if write:
+            raise
+        note = (f"{exc.message}: pins made with `cache pin` and last-used times are unknown "
+                "to this plan; `clean` will refuse to run")
+        LOG.warning("%s", note)
+        notes.append(note)
+        return None
+
+
+def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now: float,
+            notes: list[str]) -> tuple[Observed, list[journal.JournalEntry]]:
+    """Everything the policy needs besides the inventory: file-system usage, usage
+    records (updated with this scan), pins. Settles a crashed run's journal first."""
+    fs: FsUsage | None = None
+    fs_error = None
+    if settings.policy.budget.uses_file_system:
+        try:
+            fs = FsUsage.of(inventory.cache_real_path)
+        except OSError as exc:
+            fs_error = f"statvfs {inventory.cache_path} failed: {exc.strerror}"
+            notes.append(fs_error + "; watermarks and min_free_space evict nothing")
+    reconciled: list[journal.JournalEntry] = []
+    records: dict[str, usage.UsageRecord] = {}
+    db_pins: list[pins.Pin] = []
+    if state is not None:
+        try:
+            if state.writable:
+                reconciled = journal.reconcile(state, inventory, now)
+                records = usage.record(state, inventory, now)
+            else:
+                records = usage.load(state)
+                notes.append(f"state database {state.path} is read-only for this user: "
+                             "this scan's usage was not recorded")
+            db_pins = pins.load(state)
+        except sqlite3.Error as exc:
+            note = f"state database {state.path}: {exc}; planning without it"
+            LOG.warning("%s", note)
+            notes.append(note)
+    for entry in reconciled:
+        LOG.warning("Journal: removal of %s by run %s was interrupted; settled as %s",
+                    entry.path, entry.run, entry.outcome)
+    observed = Observed(fs=fs, fs_error=fs_error, last_used=usage.last_used_map(records),
+                        pins=pins.Pins(tuple(settings.pins) + tuple(db_pins)),
+                        notes=tuple(notes))
+    return observed, reconciled
+
+
+def plan_pass(settings: Settings, now: float | None = None, check: bool = False,
+              write_state: bool = False, use_state: bool = True) -> Pass:
+    """Scan, observe, decide. write_state=True (clean) makes an unusable state database
+    an error; otherwise the plan goes on without it and says so."""
+    notes: list[str] = []
     scanner = Scanner(settings.instances_path, settings.subdirectory_name)
     with _cyclic_gc_paused():
         inventory = scanner.scan()
@@ -63,6 +144,14 @@ def plan_pass(settings: Settings, now: float | None = None, check: bool = False)
         extra = cross_check(inventory)
         disagreements = len(extra)
         inventory = with_problems(inventory, extra)
-    with _cyclic_gc_paused():
-        plan = decide(inventory, settings.policy, time.time() if now is None else now)
-    return Pass(scanner, inventory, plan, disagreements)
+    when = time.time() if now is None else now
+    state = _open_state(settings, write_state, notes) if use_state else None
+    try:
+        observed, reconciled = observe(settings, inventory, state, when, notes)
+        with _cyclic_gc_paused():
+            plan = decide(inventory, settings.policy, when, observed)
+    except BaseException:
+        if state is not None:
+            state.close()
+        raise
+    return Pass(scanner, inventory, plan, disagreements, state, reconciled)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from novakeeper.cache.budget import BudgetOutcome
 from novakeeper.cache.inventory import Problem
 from novakeeper.cache.layout import BaseKind
 
@@ -24,10 +25,12 @@ class Verdict(StrEnum):
     HELD = "held"  # a disk that could use it could not be read
     UNKNOWN = "unknown"  # not a name nova uses: reported, kept
     KEPT_BY_CONFIG = "kept-by-config"  # remove_unused_base_images = False
+    PINNED = "pinned"  # an operator's pin: never removed, by age or by budget
+    EVICT = "evict"  # unused, and the least recently used while over budget
 
     @property
     def removes(self) -> bool:
-        return self in (Verdict.REMOVE, Verdict.STALE_PARTIAL)
+        return self in (Verdict.REMOVE, Verdict.STALE_PARTIAL, Verdict.EVICT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,8 @@ class Decision:
     mtime: float = 0.0
     dev: int = 0
     ino: int = 0
+    last_used: float | None = None
+    """Last scan that saw a disk on it (state database); None: never seen in use."""
 
     @property
     def removes(self) -> bool:
@@ -77,6 +82,7 @@ class Decision:
             "held_by": list(self.held_by),
             "image_hash": self.image_hash,
             "mtime": self.mtime,
+            "last_used": self.last_used,
         }
 
 
@@ -90,6 +96,13 @@ class Plan:
     disks_seen: int
     folders_seen: int
     policy: dict[str, Any] = field(default_factory=dict)
+    budget: BudgetOutcome | None = None
+    notes: tuple[str, ...] = ()
+    """Things the operator should know about this plan (state database read-only, ...)."""
+
+    @property
+    def shortfall(self) -> int:
+        return self.budget.shortfall if self.budget is not None else 0
 
     @property
     def removals(self) -> tuple[Decision, ...]:
@@ -108,6 +121,8 @@ class Plan:
             "cache_path": self.cache_path,
             "now": self.now,
             "policy": self.policy,
+            "budget": self.budget.to_dict() if self.budget is not None else None,
+            "notes": list(self.notes),
             "summary": {
                 "files": len(self.decisions),
                 "removals": len(self.removals),

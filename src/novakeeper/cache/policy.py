@@ -7,13 +7,16 @@ cache does); the first rule that has an opinion about a file decides it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 
+from novakeeper.cache.budget import BudgetConfig, BudgetOutcome, FsUsage, measure
 from novakeeper.cache.inventory import BaseFile, Inventory, Problem
 from novakeeper.cache.layout import DELETABLE_KINDS, BaseKind
 from novakeeper.cache.plan import Decision, Plan, Verdict
-from novakeeper.units import human_age
+from novakeeper.state.pins import Pin, Pins
+from novakeeper.units import human_age, human_bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +27,21 @@ class PolicyConfig:
     remove_unused_original_minimum_age_seconds: int = 86400
     remove_unused_resized_minimum_age_seconds: int = 3600
     stale_partial_seconds: int = 3600
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a pass measured besides the inventory; all optional, so a plan can be made
+    from an inventory alone (no budget, no history, no pins)."""
+
+    fs: FsUsage | None = None
+    fs_error: str | None = None
+    """Why the file system could not be measured."""
+    last_used: Mapping[str, float] = field(default_factory=dict)
+    """Base name -> last time a scan saw a disk on it (state database)."""
+    pins: Pins = field(default_factory=Pins)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +54,8 @@ class Facts:
     disks: tuple[str, ...]
     held_by: tuple[Problem, ...]
     config: PolicyConfig
+    pin: Pin | None = None
+    last_used: float | None = None
 
 
 Rule = Callable[[Facts], Decision | None]
@@ -59,7 +79,7 @@ def _decide(f: Facts, verdict: Verdict, reason: str, min_age: float | None = Non
         name=b.name, path=b.path, kind=b.kind, verdict=verdict, reason=reason, age=f.age,
         min_age=min_age, size=b.size, allocated=b.allocated, frees=frees, users=f.users,
         disks=f.disks, held_by=tuple(p.path for p in f.held_by), image_hash=b.image_hash,
-        mtime=b.mtime, dev=b.dev, ino=b.ino,
+        mtime=b.mtime, dev=b.dev, ino=b.ino, last_used=f.last_used,
     )
 
 
@@ -87,6 +107,13 @@ def rule_hold_on_doubt(f: Facts) -> Decision | None:
     first = f.held_by[0]
     more = f" and {len(f.held_by) - 1} more" if len(f.held_by) > 1 else ""
     return _decide(f, Verdict.HELD, f"held: {first.code} at {first.path}{more}")
+
+
+def rule_pinned(f: Facts) -> Decision | None:
+    """An operator's pin keeps a file whatever its age and whatever the budget."""
+    if f.pin is None:
+        return None
+    return _decide(f, Verdict.PINNED, f.pin.words())
 
 
 def rule_configuration(f: Facts) -> Decision | None:
@@ -141,15 +168,94 @@ RULES: Sequence[Rule] = (
     rule_only_nova_names,
     rule_in_use,
     rule_hold_on_doubt,
+    rule_pinned,
     rule_configuration,
     rule_stale_partial,
     rule_minimum_age,
 )
 
 
-def decide(inventory: Inventory, config: PolicyConfig, now: float) -> Plan:
+EVICTABLE_KINDS = frozenset({BaseKind.ORIGINAL, BaseKind.RESIZED, BaseKind.SWAP,
+                             BaseKind.EPHEMERAL})
+# Verdicts that eviction may overturn: unused bases kept only by their age (or by nova's
+# remove_unused_base_images = False, which governs nova's age rule, not the budget).
+EVICTABLE_VERDICTS = frozenset({Verdict.TOO_YOUNG, Verdict.KEPT_BY_CONFIG})
+
+
+def cache_bytes(inventory: Inventory) -> int:
+    """Allocated bytes of the cache's regular files, each inode once."""
+    seen: dict[tuple[int, int], int] = {}
+    for b in inventory.bases:
+        if b.kind not in (BaseKind.DIRECTORY, BaseKind.SYMLINK, BaseKind.SPECIAL):
+            seen[(b.dev, b.ino)] = b.allocated
+    return sum(seen.values())
+
+
+def _idle_since(f: Facts) -> float:
+    """Last evidence of use: the later of the last scan that saw it in use and its
+    mtime (nova and novakeeper touch in-use bases; a download sets it too)."""
+    return max(f.base.mtime, f.last_used if f.last_used is not None else f.base.mtime)
+
+
+def rule_evict_least_recently_used(
+    chosen: list[tuple[Facts, Decision]], config: PolicyConfig, observed: Observed,
+    inventory: Inventory, now: float,
+) -> tuple[list[Decision], BudgetOutcome]:
+    """Over budget: after the age-based removals, evict unused bases, least recently
+    used first (never seen in use: oldest mtime first), until every limit is met. Never
+    an in-use, pinned, held or too-young-to-evict file; what cannot go is the shortfall."""
+    budget = config.budget
+    state = measure(budget, cache_bytes(inventory),
+                    observed.fs if budget.uses_file_system else None,
+                    observed.fs_error if budget.uses_file_system else None)
+    decisions = [d for _, d in chosen]
+    by_age = sum(d.frees for d in decisions if d.removes)
+    remaining = state.need - by_age
+    kept: dict[str, int] = defaultdict(int)
+    candidates: list[tuple[float, str, int]] = []
+    for i, (f, d) in enumerate(chosen):
+        if d.removes:
+            continue
+        if d.verdict in EVICTABLE_VERDICTS and f.base.kind in EVICTABLE_KINDS:
+            if now - _idle_since(f) < budget.eviction_min_age_seconds:
+                kept["too young to evict"] += d.allocated
+            elif f.base.nlink > 1:
+                kept["hard-linked"] += d.allocated
+            else:
+                candidates.append((f.last_used if f.last_used is not None else f.base.mtime,
+                                   d.name, i))
+            continue
+        kept[str(d.verdict)] += d.allocated
+    evicted = by_eviction = 0
+    if remaining > 0:
+        candidates.sort()
+        for n, (_, _, i) in enumerate(candidates):
+            if remaining <= 0:
+                for _, _, j in candidates[n:]:
+                    kept["not needed"] += decisions[j].allocated
+                break
+            f, d = chosen[i]
+            if f.last_used is not None:
+                when = f"last used {human_age(now - f.last_used)} ago"
+            else:
+                when = f"never seen in use, modified {human_age(now - f.base.mtime)} ago"
+            reason = (f"over budget by {human_bytes(remaining)}; least recently used "
+                      f"({when}); frees {human_bytes(d.allocated)}")
+            decisions[i] = _decide(f, Verdict.EVICT, reason, budget.eviction_min_age_seconds)
+            remaining -= decisions[i].frees
+            by_eviction += decisions[i].frees
+            evicted += 1
+    kept.pop("not needed", None)
+    outcome = BudgetOutcome(state, by_age, by_eviction, evicted, max(0, remaining),
+                            dict(kept) if remaining > 0 else {})
+    return decisions, outcome
+
+
+def decide(inventory: Inventory, config: PolicyConfig, now: float,
+           observed: Observed | None = None) -> Plan:
     """Turn an inventory into a plan. Pure: same inputs, same plan."""
-    decisions: list[Decision] = []
+    observed = observed if observed is not None else Observed()
+    chosen: list[tuple[Facts, Decision]] = []
     problems = inventory.problems
     # index the problems once: a node with thousands of broken disks stays linear
     by_kind: dict[BaseKind, list[int]] = {}
@@ -164,16 +270,26 @@ def decide(inventory: Inventory, config: PolicyConfig, now: float) -> Plan:
         users = tuple(dict.fromkeys(d.instance for d in disks))
         hits = sorted(set(by_kind.get(base.kind, ())) | set(by_name.get(base.name, ())))
         held = tuple(problems[i] for i in hits)
-        facts = Facts(base, now - base.mtime, users, tuple(d.path for d in disks), held, config)
+        pin = observed.pins.match(base.name, base.kind, base.image_hash)
+        facts = Facts(base, now - base.mtime, users, tuple(d.path for d in disks), held, config,
+                      pin, observed.last_used.get(base.name))
         for rule in RULES:
             decision = rule(facts)
             if decision is not None:
-                if decision.removes and base.kind not in DELETABLE_KINDS:  # defence in depth
-                    decision = _decide(facts, Verdict.UNKNOWN, f"{base.kind}: never removed")
-                decisions.append(decision)
                 break
         else:  # every kind is covered above; a new kind must not be removed by accident
-            decisions.append(_decide(facts, Verdict.UNKNOWN, "no rule applies; kept"))
+            decision = _decide(facts, Verdict.UNKNOWN, "no rule applies; kept")
+        chosen.append((facts, decision))
+    budget: BudgetOutcome | None = None
+    if config.budget.enabled:
+        decisions, budget = rule_evict_least_recently_used(chosen, config, observed,
+                                                           inventory, now)
+    else:
+        decisions = [d for _, d in chosen]
+    for i, decision in enumerate(decisions):  # defence in depth, after every rule
+        if decision.removes and decision.kind not in DELETABLE_KINDS:
+            decisions[i] = _decide(chosen[i][0], Verdict.UNKNOWN,
+                                   f"{decision.kind}: never removed")
     return Plan(
         instances_path=inventory.instances_path,
         cache_path=inventory.cache_path,
@@ -183,4 +299,6 @@ def decide(inventory: Inventory, config: PolicyConfig, now: float) -> Plan:
         disks_seen=len(inventory.disks),
         folders_seen=inventory.folders,
         policy=asdict(config),
+        budget=budget,
+        notes=observed.notes,
     )

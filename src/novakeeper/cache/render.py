@@ -4,33 +4,61 @@ lines in nova's own words."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, defaultdict
 from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from novakeeper.cache.inventory import Inventory
 from novakeeper.cache.plan import Decision, Plan, Verdict
+from novakeeper.state.journal import Entry, JournalEntry
 from novakeeper.units import human_age, human_bytes
 
 LOG = logging.getLogger("novakeeper.cache")
 
 # Order rows the way an operator reads them: what will go first, then why things stay.
 VERDICT_ORDER = {v: i for i, v in enumerate([
-    Verdict.REMOVE, Verdict.STALE_PARTIAL, Verdict.HELD, Verdict.TOO_YOUNG,
-    Verdict.DOWNLOADING, Verdict.IN_USE, Verdict.KEPT_BY_CONFIG, Verdict.UNKNOWN,
+    Verdict.REMOVE, Verdict.EVICT, Verdict.STALE_PARTIAL, Verdict.HELD, Verdict.TOO_YOUNG,
+    Verdict.DOWNLOADING, Verdict.PINNED, Verdict.IN_USE, Verdict.KEPT_BY_CONFIG,
+    Verdict.UNKNOWN,
 ])}
 VERDICT_STYLE = {
-    Verdict.REMOVE: "bold red", Verdict.STALE_PARTIAL: "red", Verdict.HELD: "bold yellow",
-    Verdict.TOO_YOUNG: "cyan", Verdict.DOWNLOADING: "cyan", Verdict.IN_USE: "green",
-    Verdict.KEPT_BY_CONFIG: "blue", Verdict.UNKNOWN: "magenta",
+    Verdict.REMOVE: "bold red", Verdict.EVICT: "bold red", Verdict.STALE_PARTIAL: "red",
+    Verdict.HELD: "bold yellow", Verdict.TOO_YOUNG: "cyan", Verdict.DOWNLOADING: "cyan",
+    Verdict.PINNED: "blue", Verdict.IN_USE: "green", Verdict.KEPT_BY_CONFIG: "blue",
+    Verdict.UNKNOWN: "magenta",
 }
 
 
+def _lru_key(d: Decision) -> float:
+    return d.last_used if d.last_used is not None else d.mtime
+
+
 def sorted_decisions(plan: Plan) -> list[Decision]:
-    return sorted(plan.decisions, key=lambda d: (VERDICT_ORDER[d.verdict], d.name))
+    """By verdict; evictions in the order they were chosen (least recently used first)."""
+    return sorted(plan.decisions, key=lambda d: (
+        VERDICT_ORDER[d.verdict], _lru_key(d) if d.verdict is Verdict.EVICT else 0, d.name))
+
+
+def last_used_cell(d: Decision, now: float) -> str:
+    if d.verdict is Verdict.IN_USE:
+        return "now"
+    if d.last_used is None:
+        return "never"
+    return f"{human_age(now - d.last_used)} ago"
+
+
+def budget_lines(plan: Plan) -> list[str]:
+    """The budget verdict and the plan's notes, as lines under the table."""
+    lines = []
+    if plan.budget is not None:
+        lines.append(f"budget: {plan.budget.words()}")
+    lines += [f"note: {n}" for n in plan.notes]
+    return lines
 
 
 def summary_line(plan: Plan) -> str:
@@ -62,20 +90,27 @@ def plan_table(plan: Plan, console: Console) -> None:
     table.add_column("AGE", justify="right", no_wrap=True)
     table.add_column("FREES", justify="right", no_wrap=True)
     table.add_column("USERS", no_wrap=True)
+    with_budget = plan.budget is not None
+    if with_budget:
+        table.add_column("LAST USED", justify="right", no_wrap=True)
     table.add_column("REASON", overflow="fold")
     for d in sorted_decisions(plan):
-        table.add_row(
+        cells = [
             f"[{VERDICT_STYLE[d.verdict]}]{d.verdict}[/]",
             str(d.kind),
             d.name,
             human_age(d.age),
             human_bytes(d.frees) if d.removes else "-",
             _users_cell(d),
-            d.reason,
-        )
+        ]
+        if with_budget:
+            cells.append(last_used_cell(d, plan.now))
+        table.add_row(*cells, d.reason)
     console.print(table)
     problems_block(plan, console)
     console.print(summary_line(plan), highlight=False)
+    for line in budget_lines(plan):
+        console.print(line, highlight=False, markup=False)
 
 
 def problems_block(plan: Plan, console: Console) -> None:
@@ -116,6 +151,8 @@ def status_data(inventory: Inventory, plan: Plan) -> dict[str, Any]:
         "disks": len(inventory.disks),
         "disks_by_format": dict(sorted(disk_formats.items())),
         "problems": [p.line() for p in inventory.problems],
+        "budget": plan.budget.to_dict() if plan.budget is not None else None,
+        "notes": list(plan.notes),
     }
 
 
@@ -149,12 +186,34 @@ def status_text(data: dict[str, Any], console: Console) -> None:
     for verdict, row in data["by_verdict"].items():
         table.add_row(verdict, str(row["files"]), human_bytes(row["allocated"]))
     c.print(table)
+    _budget_text(data["budget"], c)
     problems = data["problems"]
     c.print(f"problems     {len(problems)}", highlight=False)
     for line in problems[:20]:
         c.print(f"  {line}", highlight=False, markup=False)
     if len(problems) > 20:
         c.print(f"  ... and {len(problems) - 20} more (see --json)")
+
+
+def _budget_text(budget: dict[str, Any] | None, c: Console) -> None:
+    if budget is None:
+        c.print("budget       none set (see [novakeeper] max_cache_size, high_watermark, "
+                "min_free_space)", highlight=False, markup=False)
+        return
+    fs = budget["file_system"]
+    if fs is not None:
+        c.print(f"file system  {human_bytes(fs['used'])} of {human_bytes(fs['size'])} used "
+                f"({fs['used_percent']:.1f}%), {human_bytes(fs['avail'])} free",
+                highlight=False)
+    headroom = budget["headroom"]
+    if headroom is not None:
+        state = "OVER BUDGET by " + human_bytes(-headroom) if headroom < 0 else (
+            human_bytes(headroom) + " before eviction starts")
+        c.print(f"headroom     {state}", highlight=False, markup=False)
+    for lim in budget["limits"]:
+        c.print(f"  {lim['name']:<16} {lim['words']}; headroom {human_bytes(lim['headroom'])}",
+                highlight=False, markup=False)
+    c.print(f"budget       {budget['words']}", highlight=False, markup=False)
 
 
 def log_plan(plan: Plan) -> None:
@@ -175,3 +234,52 @@ def log_plan(plan: Plan) -> None:
     for d in plan.decisions:
         if d.verdict is Verdict.TOO_YOUNG:
             LOG.info("Base file too young to remove: %s", d.path)
+        elif d.verdict is Verdict.EVICT:
+            LOG.info("Base file chosen for eviction: %s (%s)", d.path, d.reason)
+        elif d.verdict is Verdict.PINNED:
+            LOG.info("Base file pinned, kept: %s (%s)", d.path, d.reason)
+    if plan.budget is not None and plan.budget.need:
+        level = logging.WARNING if plan.budget.shortfall else logging.INFO
+        LOG.log(level, "Cache budget: %s", plan.budget.words())
+    for note in plan.notes:
+        LOG.debug("Plan note: %s", note)
+
+
+def pins_table(rows: list[dict[str, Any]], console: Console) -> None:
+    if not rows:
+        console.print("no pins")
+        return
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in ("KIND", "PIN", "SOURCE", "FILES KEPT", "NOTE"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        value = row["value"] + (f" (cache name {row['hash']})" if row["hash"] else "")
+        table.add_row(row["kind"], value, row["source"], "\n".join(row["files"]) or "-",
+                      row["note"] or "")
+    console.print(table)
+
+
+def history_table(entries: list[JournalEntry], console: Console) -> None:
+    """The journal, oldest first; an interrupted removal stands out."""
+    if not entries:
+        console.print("no removals recorded")
+        return
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("TIME", no_wrap=True)
+    table.add_column("OUTCOME", no_wrap=True)
+    table.add_column("KIND", no_wrap=True)
+    table.add_column("FILE", overflow="fold")
+    table.add_column("FREED", justify="right", no_wrap=True)
+    table.add_column("VERDICT", no_wrap=True)
+    table.add_column("REASON", overflow="fold")
+    freed = 0
+    for e in entries:
+        style = {"removed": "", "started": "bold yellow"}.get(str(e.outcome), "yellow")
+        outcome = f"[{style}]{e.outcome}[/]" if style else str(e.outcome)
+        reason = e.reason + (f" [{e.detail}]" if e.detail else "")
+        table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.started)), outcome,
+                      e.kind, e.name, human_bytes(e.bytes), e.verdict, escape(reason))
+        if e.outcome in (Entry.REMOVED, Entry.RECOVERED_REMOVED):
+            freed += e.bytes
+    console.print(table)
+    console.print(f"{len(entries)} entries; {human_bytes(freed)} freed", highlight=False)

@@ -1,0 +1,1 @@
+"""What novakeeper remembers between runs: usage records, pins, the removal journal."""

@@ -1,0 +1,136 @@
+"""The removal journal: a row written before each unlink and completed after it.
+
+A crash (SIGKILL, power loss) between the two leaves a row 'started'; the next run
+reconciles it against the cache it scanned: the file is gone (removed) or still the same
+file (not removed). `novakeeper cache history` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any
+
+from novakeeper.cache.inventory import Inventory
+from novakeeper.cache.plan import Decision
+from novakeeper.state.db import StateDB
+
+
+class Entry(StrEnum):
+    STARTED = "started"  # written before the unlink; still so only after a crash
+    REMOVED = "removed"
+    SKIPPED = "skipped"  # the final check under lock said no
+    FAILED = "failed"  # the unlink failed
+    RECOVERED_REMOVED = "removed-after-crash"  # reconciled: the file is gone
+    RECOVERED_KEPT = "kept-after-crash"  # reconciled: the file is still there
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    id: int
+    run: str
+    started: float
+    finished: float | None
+    name: str
+    path: str
+    kind: str
+    image_hash: str | None
+    dev: int
+    ino: int
+    bytes: int
+    verdict: str
+    reason: str
+    policy: dict[str, Any]
+    outcome: Entry
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "run": self.run, "started": self.started,
+                "finished": self.finished, "name": self.name, "path": self.path,
+                "kind": self.kind, "image_hash": self.image_hash, "bytes": self.bytes,
+                "verdict": self.verdict, "reason": self.reason, "policy": self.policy,
+                "outcome": str(self.outcome), "detail": self.detail}
+
+
+class Journal:
+    """The journal of one run."""
+
+    def __init__(self, db: StateDB, policy: Mapping[str, Any], run: str | None = None) -> None:
+        self.db = db
+        self.run = run or uuid.uuid4().hex[:12]
+        self.policy = json.dumps(dict(policy), sort_keys=True, default=str)
+
+    def begin(self, d: Decision, frees: int, now: float) -> int:
+        with self.db.write() as conn:
+            cur = conn.execute(
+                """INSERT INTO journal (run, started, name, path, kind, image_hash, dev, ino,
+                       bytes, verdict, reason, policy, outcome)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                (self.run, now, d.name, d.path, str(d.kind), d.image_hash, d.dev, d.ino,
+                 frees, str(d.verdict), d.reason, self.policy, str(Entry.STARTED)))
+            return int(cur.lastrowid or 0)
+
+    def end(self, entry_id: int, outcome: Entry, freed: int, detail: str, now: float) -> None:
+        with self.db.write() as conn:
+            conn.execute("UPDATE journal SET finished = ?, outcome = ?, bytes = ?, detail = ? "
+                         "WHERE id = ?", (now, str(outcome), freed, detail, entry_id))
+            if outcome is Entry.REMOVED:
+                conn.execute("DELETE FROM bases WHERE name = (SELECT name FROM journal "
+                             "WHERE id = ?)", (entry_id,))
+
+
+def _entry(r: Any) -> JournalEntry:
+    try:
+        policy = json.loads(r["policy"])
+    except ValueError:
+        policy = {}
+    return JournalEntry(r["id"], r["run"], r["started"], r["finished"], r["name"], r["path"],
+                        r["kind"], r["image_hash"], r["dev"], r["ino"], r["bytes"],
+                        r["verdict"], r["reason"],
+                        policy, Entry(r["outcome"]), r["detail"])
+
+
+def unfinished(db: StateDB) -> list[JournalEntry]:
+    rows = db.conn.execute("SELECT * FROM journal WHERE outcome = ? ORDER BY id",
+                           (str(Entry.STARTED),))
+    return [_entry(r) for r in rows]
+
+
+def reconcile(db: StateDB, inventory: Inventory, now: float) -> list[JournalEntry]:
+    """Settle the rows a crash left 'started', from a scan made after the crash. The
+    same (device, inode) still in the cache: not removed; otherwise: removed."""
+    present = {b.name: (b.dev, b.ino) for b in inventory.bases}
+    settled = []
+    for e in unfinished(db):
+        gone = present.get(e.name) != (e.dev, e.ino)
+        outcome = Entry.RECOVERED_REMOVED if gone else Entry.RECOVERED_KEPT
+        detail = ("interrupted after the journal's first record; the file was gone at the "
+                  "next scan" if gone else
+                  "interrupted before the unlink; the file was still there at the next scan")
+        with db.write() as conn:
+            cur = conn.execute("UPDATE journal SET finished = ?, outcome = ?, detail = ?, "
+                               "bytes = CASE WHEN ? THEN bytes ELSE 0 END "
+                               "WHERE id = ? AND outcome = ?",
+                               (now, str(outcome), detail, gone, e.id, str(Entry.STARTED)))
+        if cur.rowcount:
+            settled.append(replace(e, finished=now, bytes=e.bytes if gone else 0,
+                                   outcome=outcome, detail=detail))
+    return settled
+
+
+def history(db: StateDB, since: float | None = None, limit: int | None = None
+            ) -> list[JournalEntry]:
+    """Oldest first, as a log reads."""
+    sql = "SELECT * FROM journal"
+    args: list[Any] = []
+    if since is not None:
+        sql += " WHERE started >= ?"
+        args.append(since)
+    sql += " ORDER BY id DESC"
+    if limit is not None:
+        sql += " LIMIT ?"
+        args.append(limit)
+    return [_entry(r) for r in reversed(db.conn.execute(sql, args).fetchall())]
