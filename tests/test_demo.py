@@ -72,23 +72,30 @@ def test_demo_keep_leaves_a_clean_tree_with_every_in_use_base(tmp_path: Path) ->
     proc = run_cli("demo", "--instances", "20", "--path", str(root), "--keep")
     assert proc.returncode == 0, proc.stderr
     ipath = root / "instances"
-    assert (f"sandbox kept: try  novakeeper --instances-path {ipath} cache plan"
-            in proc.stdout)
+    conf = root / "novakeeper.conf"
+    assert f"sandbox kept: try  novakeeper --config-file {conf} cache plan" in proc.stdout
     printed_in_use = plan_rows(proc.stdout, "in-use")
-    printed_removals = plan_rows(proc.stdout, "remove") | plan_rows(proc.stdout,
-                                                                     "stale-partial")
-    assert printed_in_use and printed_removals
+    evicted = plan_rows(proc.stdout, "evict")
+    printed_removals = (plan_rows(proc.stdout, "remove") | evicted
+                        | plan_rows(proc.stdout, "stale-partial"))
+    pinned = plan_rows(proc.stdout, "pinned")
+    assert printed_in_use and printed_removals and evicted and pinned
     cache = set(os.listdir(ipath / "_base"))
     assert printed_in_use <= cache
+    assert pinned <= cache  # pinned and unused for days: kept by the pin alone
     assert not printed_removals & cache
+    # every removal is in the journal the demo printed
+    assert all(re.search(rf"^\S+ \S+ +removed +\S+ +{name} ", proc.stdout, re.M)
+               for name in printed_removals), proc.stdout
 
-    conf = tmp_path / "nova.conf"
-    conf.write_text("[DEFAULT]\n")
-    after = run_cli("--config-file", str(conf), "--instances-path", str(ipath),
-                    "cache", "plan", "--json")
+    # the sandbox's own configuration: budget met, nothing left to remove
+    after = run_cli("--config-file", str(conf), "cache", "plan", "--json")
     assert after.returncode == 0, after.stderr
     plan = json.loads(after.stdout)
     assert plan["summary"]["removals"] == 0
+    assert plan["budget"]["need"] == 0 and plan["budget"]["headroom"] >= 0
+    history = run_cli("--config-file", str(conf), "cache", "history", "--json")
+    assert {e["name"] for e in json.loads(history.stdout)["entries"]} == printed_removals
     assert plan["summary"]["problems"] == 1  # the demo's truncated disk.swap ...
     held = [d for d in plan["decisions"] if d["verdict"] == "held"]
     assert [d["kind"] for d in held] == ["swap"]  # ... still holds the unused swap base

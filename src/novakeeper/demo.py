@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 
 from rich.console import Console
 
+from novakeeper import settings
 from novakeeper.cache import render
 from novakeeper.cache.executor import Executor
 from novakeeper.cache.layout import image_hash
 from novakeeper.cache.passes import plan_pass
 from novakeeper.cache.plan import Verdict
-from novakeeper.cache.policy import PolicyConfig
 from novakeeper.errors import ExitCode, NovakeeperError
-from novakeeper.settings import Settings
+from novakeeper.state.journal import Journal, history
 from novakeeper.units import human_bytes
 
 DAY = 86400
@@ -40,6 +40,8 @@ class Sandbox:
     cache_path: str
     instances: int = 0
     cache_files: int = 0
+    pinned_image: str = ""
+    """An unused image the demo's configuration pins."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -197,9 +199,26 @@ def build_sandbox(root: str, instances: int = 300, now: float | None = None,
         f.write(b"QFI\xfb\x00\x00\x00\x03")
     sb.notes.append(f"{os.path.join(d, 'disk.swap')} is truncated on purpose: swap bases held")
     shutil.rmtree(scratch)
+    sb.pinned_image = images[12]  # unused for days: age alone would remove it
     sb.instances = instances + 7
     sb.cache_files = len(os.listdir(cpath))
     return sb
+
+
+def write_config(sb: Sandbox, root: str) -> str:
+    """A novakeeper.conf for the sandbox: its own state database, and a budget the cache
+    exceeds even after the age-based removals, so eviction has work to do."""
+    total = 0
+    for entry in os.scandir(sb.cache_path):
+        total += entry.stat(follow_symlinks=False).st_blocks * 512
+    budget_mib = max(1, int(total * 0.55) // MiB)
+    path = os.path.join(root, "novakeeper.conf")
+    with open(path, "w") as f:
+        f.write(f"[DEFAULT]\ninstances_path = {sb.instances_path}\n\n"
+                f"[novakeeper]\nstate_path = {os.path.join(root, 'state', 'state.db')}\n"
+                f"max_cache_size = {budget_mib}M\n"
+                f"pinned_images = {sb.pinned_image}\n")
+    return path
 
 
 def run(root: str | None, instances: int, keep: bool, out: Console) -> None:
@@ -225,26 +244,35 @@ def run(root: str | None, instances: int, keep: bool, out: Console) -> None:
                   f"(built in {time.time() - started:.1f} s)")
         for note in sb.notes:
             out.print(f"  note: {note}", markup=False)
-        conf = Settings(instances_path=sb.instances_path, subdirectory_name="_base",
-                        manager_interval=2400, host="demo", policy=PolicyConfig(),
-                        touch_in_use=True, config_files=())
+        conf_path = write_config(sb, base_root)
+        conf = settings.load([conf_path])
+        out.print(f"  config: {conf_path} (max_cache_size "
+                  f"{human_bytes(conf.policy.budget.max_cache_size or 0)}, one pinned image)",
+                  markup=False, highlight=False)
         out.rule("novakeeper cache status")
-        first = plan_pass(conf)
+        first = plan_pass(conf, write_state=True)
         render.status_text(render.status_data(first.inventory, first.plan), out)
         out.rule("novakeeper cache plan")
         render.plan_table(first.plan, out)
         out.rule("novakeeper cache clean --yes")
         t0 = time.perf_counter()
-        report = Executor(first.scanner, first.inventory, first.plan, conf.touch_in_use).run()
+        assert first.state is not None
+        report = Executor(first.scanner, first.inventory, first.plan, conf.touch_in_use,
+                          Journal(first.state, first.plan.policy)).run()
         took = time.perf_counter() - t0
         for o in report.outcomes:
             out.print(f"{o.action:8} {o.name:52} {human_bytes(o.freed):>10}  {o.reason}",
                       markup=False, highlight=False)
         out.print(f"removed {len(report.removed)} files, freed {human_bytes(report.freed)} "
                   f"in {took:.2f} s; marked {report.touched} in-use bases", highlight=False)
-        after = plan_pass(conf)
-        out.rule("after clean")
-        out.print(render.summary_line(after.plan), highlight=False)
+        out.rule("novakeeper cache history")
+        render.history_table(history(first.state), out)
+        first.close()
+        with plan_pass(conf) as after:
+            out.rule("after clean")
+            out.print(render.summary_line(after.plan), highlight=False)
+            for line in render.budget_lines(after.plan):
+                out.print(line, markup=False, highlight=False)
         gone = [d.name for d in first.plan.decisions
                 if d.verdict is Verdict.IN_USE and not os.path.lexists(d.path)]
         if gone:
@@ -254,8 +282,8 @@ def run(root: str | None, instances: int, keep: bool, out: Console) -> None:
         out.print(f"nothing in use was removed; {len(lost)} files still removable "
                   f"({'none' if not lost else ', '.join(lost)})", highlight=False)
         if keep or not made_here:
-            out.print(f"sandbox kept: try  novakeeper --instances-path {sb.instances_path} "
-                      "cache plan", markup=False, highlight=False)
+            out.print(f"sandbox kept: try  novakeeper --config-file {conf_path} cache plan",
+                      markup=False, highlight=False)
     finally:
         if made_here and not keep:
             shutil.rmtree(base_root, ignore_errors=True)
