@@ -95,7 +95,8 @@ if pid == 0:
         if mode == "plan":
             s = Settings(instances_path=rest[0], subdirectory_name="_base",
                          manager_interval=2400, host="bench", policy=PolicyConfig(),
-                         touch_in_use=True, config_files=())
+                         touch_in_use=True, config_files=(),
+                         state_path=os.path.join(rest[0], os.pardir, "state.db"))
             assert plan_pass(s).plan.disks_seen > 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -305,9 +306,11 @@ def verify_tree(tree: Tree, binary: str, rng: random.Random, settings: Settings)
 
 
 def bench_settings(instances_path: str) -> Settings:
+    """Nova's defaults; the state database lives in the throwaway tree."""
     return Settings(instances_path=instances_path, subdirectory_name="_base",
                     manager_interval=2400, host="bench", policy=PolicyConfig(),
-                    touch_in_use=True, config_files=())
+                    touch_in_use=True, config_files=(),
+                    state_path=os.path.join(os.path.dirname(instances_path), "state.db"))
 
 
 def time_plan(settings: Settings, runs: int) -> tuple[list[float], list[float]]:
@@ -483,6 +486,7 @@ def bench_size(size: int, args: argparse.Namespace, binary: str) -> Result:
               f"{tree.cache_files} files in _base in {tree.build_seconds:.1f} s "
               f"({tree.templates} qemu-img templates) at {tree.instances_path}", flush=True)
         settings = bench_settings(tree.instances_path)
+        os.environ["OS_NOVAKEEPER__STATE_PATH"] = settings.state_path  # the CLI runs too
         verify_tree(tree, binary, rng, settings)
 
         load_before = os.getloadavg()[0]
