@@ -41,6 +41,7 @@ from _cli_tree import (
 )
 from novakeeper import cli as cli_mod
 from novakeeper.cache.layout import image_hash
+from novakeeper.cache.locks import RUN_LOCK_NAME
 from novakeeper.errors import ExitCode
 
 NOVA_LINE = re.compile(
@@ -85,7 +86,8 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def cache_names(tree: Tree) -> set[str]:
-    return set(os.listdir(tree.cache_path))
+    """The cache files, without `clean`'s run lock (it stays, by design)."""
+    return set(os.listdir(tree.cache_path)) - {RUN_LOCK_NAME}
 
 
 def without_clock(plan: dict[str, Any]) -> dict[str, Any]:
@@ -234,11 +236,15 @@ def test_clean_yes_removes_exactly_the_removable_files(tree: Tree) -> None:
     after = snapshot(tree.root)
     cache_rel = os.path.relpath(tree.cache_path, tree.root)
 
+    locks_rel = os.path.relpath(os.path.join(tree.instances_path, "locks"), tree.root)
+
     def outside(snap: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in snap.items()
-                if k != cache_rel and not k.startswith(cache_rel + os.sep)}
+                if k not in (cache_rel, locks_rel) and not k.startswith(cache_rel + os.sep)}
 
     assert outside(after) == outside(before)  # instance folders and disks untouched
+    # nova's lock of each removed base was taken, then its file removed as nova does
+    assert os.listdir(os.path.join(tree.instances_path, "locks")) == []
     # kept files are untouched, except that in-use bases are marked as nova marks them
     for name in names - tree.removable:
         rel = os.path.join(cache_rel, name)

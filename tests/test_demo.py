@@ -151,7 +151,13 @@ def test_demo_checks_its_claim_that_nothing_in_use_was_removed(
             os.unlink(victim.path)
             return report
 
-    monkeypatch.setattr(demo_mod, "Executor", Careless)
+    real = demo_mod.executor_for
+
+    def careless(result, conf):  # the demo's executor, then one in-use base removed
+        e = real(result, conf)
+        return Careless(e.scanner, e.inventory, e.plan, e.touch_in_use, e.journal, e.locks)
+
+    monkeypatch.setattr(demo_mod, "executor_for", careless)
     buf = io.StringIO()
     with pytest.raises(NovakeeperError) as info:
         demo_mod.run(str(tmp_path / "sandbox"), 10, False, Console(file=buf, width=200))

@@ -18,14 +18,14 @@ from rich.console import Console
 
 from novakeeper import __version__, logsetup, settings
 from novakeeper.cache import render
-from novakeeper.cache.executor import Executor, Report
-from novakeeper.cache.passes import Pass, plan_pass
+from novakeeper.cache.executor import Report
+from novakeeper.cache.locks import run_lock
+from novakeeper.cache.passes import Pass, executor_for, plan_pass
 from novakeeper.cache.plan import Verdict
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.state import journal as journal_mod
 from novakeeper.state import pins
 from novakeeper.state.db import StateDB, open_state
-from novakeeper.state.journal import Journal
 from novakeeper.units import human_bytes, parse_duration
 
 
@@ -198,7 +198,8 @@ def clean(ctx: Context, yes: bool, dry_run: bool, as_json: bool, cross_check: bo
         return
     ctx.log(floor=logging.INFO)
     conf = ctx.settings()
-    with plan_pass(conf, check=cross_check, write_state=True) as result:
+    with run_lock(conf.instances_path, conf.cache_path), plan_pass(conf, check=cross_check,
+                                              write_state=True) as result:
         _clean(result, conf, yes, as_json)
 
 
@@ -213,10 +214,7 @@ def _clean(result: Pass, conf: settings.Settings, yes: bool, as_json: bool) -> N
                     f"{human_bytes(result.plan.frees)}?")
         if not click.confirm(question, default=False, err=True):
             raise NovakeeperError(ExitCode.ABORTED, "nothing removed: not confirmed")
-    assert result.state is not None  # write_state=True: opened read-write or raised
-    journal = Journal(result.state, result.plan.policy)
-    report = Executor(result.scanner, result.inventory, result.plan, conf.touch_in_use,
-                      journal).run()
+    report = executor_for(result, conf).run()
     if as_json:
         _json_out(_report_json(result, report))
     else:

@@ -20,12 +20,11 @@ from rich.console import Console
 
 from novakeeper import settings
 from novakeeper.cache import render
-from novakeeper.cache.executor import Executor
 from novakeeper.cache.layout import image_hash
-from novakeeper.cache.passes import plan_pass
+from novakeeper.cache.passes import executor_for, plan_pass
 from novakeeper.cache.plan import Verdict
 from novakeeper.errors import ExitCode, NovakeeperError
-from novakeeper.state.journal import Journal, history
+from novakeeper.state.journal import history
 from novakeeper.units import human_bytes
 
 DAY = 86400
@@ -256,9 +255,7 @@ def run(root: str | None, instances: int, keep: bool, out: Console) -> None:
         render.plan_table(first.plan, out)
         out.rule("novakeeper cache clean --yes")
         t0 = time.perf_counter()
-        assert first.state is not None
-        report = Executor(first.scanner, first.inventory, first.plan, conf.touch_in_use,
-                          Journal(first.state, first.plan.policy)).run()
+        report = executor_for(first, conf).run()
         took = time.perf_counter() - t0
         for o in report.outcomes:
             out.print(f"{o.action:8} {o.name:52} {human_bytes(o.freed):>10}  {o.reason}",
@@ -266,6 +263,7 @@ def run(root: str | None, instances: int, keep: bool, out: Console) -> None:
         out.print(f"removed {len(report.removed)} files, freed {human_bytes(report.freed)} "
                   f"in {took:.2f} s; marked {report.touched} in-use bases", highlight=False)
         out.rule("novakeeper cache history")
+        assert first.state is not None  # executor_for checked it
         render.history_table(history(first.state), out)
         first.close()
         with plan_pass(conf) as after:

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     FAILED_REMOVALS = 8  # clean could not remove some files it planned to remove
     CROSS_CHECK = 9  # --cross-check found qemu-img disagreeing with our reading
     SHORTFALL = 10  # clean finished, but the budget cannot be met: the rest is in use/pinned
+    BUSY = 11  # another novakeeper run holds this cache's run lock: nothing done
 
 
 class NovakeeperError(Exception):

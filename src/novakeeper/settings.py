@@ -79,6 +79,9 @@ NOVAKEEPER_OPTS: list[cfg.Opt] = [
                help="Bytes (20G) or percent (10%) to keep free on the cache's file system."),
     cfg.IntOpt("eviction_min_age_seconds", default=3600, min=0,
                help="An unused base younger than this is never evicted for space."),
+    cfg.FloatOpt("lock_wait_seconds", default=5.0, min=0,
+                 help="How long clean waits for nova's lock on a base before calling it "
+                      "busy and keeping it."),
     cfg.StrOpt("state_path", default=DEFAULT_STATE_PATH,
                help="SQLite database of usage records, pins and the removal journal."),
     cfg.ListOpt("pinned_images", default=[],
@@ -104,6 +107,7 @@ class Settings:
     touch_in_use: bool
     config_files: tuple[str, ...]
     state_path: str = DEFAULT_STATE_PATH
+    lock_wait_seconds: float = 5.0
     pins: tuple[pins.Pin, ...] = ()
     """Pins from the configuration; the state database holds the others."""
 
@@ -253,6 +257,7 @@ def load(
         touch_in_use=nk["touch_in_use"],
         config_files=tuple(files),
         state_path=os.path.abspath(state_path),
+        lock_wait_seconds=nk["lock_wait_seconds"],
         pins=tuple(config_pins),
     )
 

@@ -1,10 +1,12 @@
 """The executor: the only code that deletes.
 
 It works through a file descriptor of the cache folder and names relative to it, so a path
-outside the folder is never touched and no symlink is followed. Immediately before each
-removal it rescans what changed on the node and re-checks that file: still the same
-regular file, untouched since the plan, used by no disk, held by no problem. On any doubt
-it skips the file and says why.
+outside the folder is never touched and no symlink is followed. For each removal it takes
+nova's own lock on the file (`$instances_path/locks/nova-<name>`, bounded wait: busy means
+kept), then, under that lock, rescans what changed on the node and re-checks the file:
+still the same regular file, untouched since the plan, used by no disk, held by no
+problem, no fresh `.part`/`.converted` of it. On any doubt it skips the file and says why.
+After a removal it drops the lock file, as nova's manager does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from novakeeper.cache.inventory import Inventory, Scanner
+from novakeeper.cache.locks import NovaLocks, nova_lock_dir
 from novakeeper.cache.plan import Decision, Plan, Verdict
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.state.journal import Entry, Journal
@@ -90,12 +93,16 @@ def _same_file(st: os.stat_result, d: Decision) -> bool:
 
 class Executor:
     def __init__(self, scanner: Scanner, inventory: Inventory, plan: Plan,
-                 touch_in_use: bool = True, journal: Journal | None = None) -> None:
+                 touch_in_use: bool = True, journal: Journal | None = None,
+                 locks: NovaLocks | None = None, fresh_sibling_seconds: float = 3600) -> None:
         self.scanner = scanner
         self.inventory = inventory
         self.plan = plan
         self.touch_in_use = touch_in_use
         self.journal = journal
+        self.locks = locks if locks is not None else NovaLocks(
+            nova_lock_dir(inventory.instances_path))
+        self.fresh_sibling_seconds = fresh_sibling_seconds
 
     def run(self) -> Report:
         report = Report()
@@ -146,16 +153,42 @@ class Executor:
                 return f"now held by {problem.code} at {problem.path}"
         return None
 
+    def _fresh_sibling(self, fd: int, d: Decision) -> str | None:
+        """A .part/.converted of this very file touched recently: nova is (re)making it."""
+        for suffix in (".part", ".converted"):
+            try:
+                st = os.lstat(d.name + suffix, dir_fd=fd)
+            except OSError:
+                continue
+            age = time.time() - st.st_mtime
+            if age < self.fresh_sibling_seconds:
+                return f"{d.name}{suffix} was touched {age:.0f} s ago: a fetch is in progress"
+        return None
+
     def _remove_one(self, fd: int, d: Decision) -> Outcome:
         if os.sep in d.name or d.name in (".", ".."):  # never a path, only a name in the folder
             return Outcome(d.name, d.path, Action.SKIPPED, "not a plain file name")
-        try:
-            why = self._recheck(d)
-        except NovakeeperError as exc:
-            why = f"re-check failed: {exc.message}"
-        if why is not None:
-            LOG.info("Not removing %s: %s", d.path, why)
-            return Outcome(d.name, d.path, Action.SKIPPED, why)
+        with self.locks.hold(d.name) as busy:
+            if busy is not None:
+                LOG.info("Not removing %s: %s", d.path, busy)
+                return Outcome(d.name, d.path, Action.SKIPPED, busy)
+            # Under nova's lock nothing can start using the file: check one last time.
+            try:
+                why = self._recheck(d) or self._fresh_sibling(fd, d)
+            except NovakeeperError as exc:
+                why = f"re-check failed: {exc.message}"
+            if why is not None:
+                LOG.info("Not removing %s: %s", d.path, why)
+                return Outcome(d.name, d.path, Action.SKIPPED, why)
+            outcome = self._unlink(fd, d)
+        if outcome.action is Action.REMOVED:
+            try:
+                self.locks.remove(d.name)
+            except OSError as exc:
+                LOG.debug("Failed to remove lock file for %s: %s", d.name, exc)
+        return outcome
+
+    def _unlink(self, fd: int, d: Decision) -> Outcome:
         try:
             st = os.lstat(d.name, dir_fd=fd)
         except OSError as exc:

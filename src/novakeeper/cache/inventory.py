@@ -44,6 +44,9 @@ _FOLDER_RULES: tuple[tuple[re.Pattern[str], FolderKind], ...] = (
     (re.compile(r"(instance-[0-9a-f]{8})"), FolderKind.LEGACY),
 )
 
+RUN_LOCK_NAME = ".novakeeper-run.lock"
+"""novakeeper's run lock in the cache folder (cache/locks.py takes it)."""
+
 # Files nova keeps in an instance folder that are never disk images.
 NOT_DISKS = frozenset({"console.log", "libvirt.xml", "disk.info"})
 # Folders under instances_path that hold no instance disks.
@@ -140,7 +143,7 @@ class Inventory:
 # -- cache folder ---------------------------------------------------------------------
 
 
-def _check_dir(path: str, what: str) -> os.stat_result:
+def check_dir(path: str, what: str) -> os.stat_result:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -173,6 +176,8 @@ def scan_cache(cache_path: str) -> list[BaseFile]:
         except OSError:
             st = None
         name = entry.name
+        if name == RUN_LOCK_NAME:
+            continue  # novakeeper's own run lock, not a cache file
         if st is None:
             bases.append(BaseFile(name, entry.path, BaseKind.SPECIAL, None, None,
                                   0, 0, 0.0, 0, 0, 0))
@@ -425,8 +430,8 @@ class Scanner:
 
     def scan(self, now: float | None = None) -> Inventory:
         """Full scan. Raises NovakeeperError when the paths themselves are unusable."""
-        _check_dir(self.instances_path, "instances path")
-        cache_st = _check_dir(self.cache_path, "cache folder")
+        check_dir(self.instances_path, "instances path")
+        cache_st = check_dir(self.cache_path, "cache folder")
         started = time.time()
         bases = scan_cache(self.cache_path)
         prober = CachedProber()  # one per pass: a base is read once, as disk link or file
@@ -438,7 +443,7 @@ class Scanner:
     def refresh(self) -> Inventory:
         """Re-read the cache folder and rescan instance folders that changed since the last
         scan: the executor's re-check before each removal."""
-        cache_st = _check_dir(self.cache_path, "cache folder")
+        cache_st = check_dir(self.cache_path, "cache folder")
         started = time.time()
         bases = scan_cache(self.cache_path)
         prober = CachedProber()  # one per pass: a base is read once, as disk link or file

@@ -13,11 +13,13 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from novakeeper.cache.budget import FsUsage
+from novakeeper.cache.executor import Executor
 from novakeeper.cache.inventory import Inventory, Problem, ProblemCode, Scanner, with_problems
 from novakeeper.cache.layout import kinds_usable_by
+from novakeeper.cache.locks import NovaLocks, nova_lock_dir
 from novakeeper.cache.plan import Plan
 from novakeeper.cache.policy import Observed, decide
-from novakeeper.errors import NovakeeperError
+from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.images import crosscheck
 from novakeeper.settings import Settings
 from novakeeper.state import journal, pins, usage
@@ -155,3 +157,15 @@ def plan_pass(settings: Settings, now: float | None = None, check: bool = False,
             state.close()
         raise
     return Pass(scanner, inventory, plan, disagreements, state, reconciled)
+
+
+def executor_for(result: Pass, settings: Settings) -> Executor:
+    """The executor for a pass made with write_state=True: journaled, under nova's locks."""
+    if result.state is None or not result.state.writable:
+        raise NovakeeperError(ExitCode.PERMISSION, "the state database is not writable: "
+                              "removals must be journaled")
+    return Executor(
+        result.scanner, result.inventory, result.plan, settings.touch_in_use,
+        journal.Journal(result.state, result.plan.policy),
+        NovaLocks(nova_lock_dir(settings.instances_path), settings.lock_wait_seconds),
+        fresh_sibling_seconds=settings.policy.stale_partial_seconds)
