@@ -230,10 +230,11 @@ def _clean(result: Pass, conf: settings.Settings, yes: bool, as_json: bool) -> N
         assert result.plan.budget is not None
         raise NovakeeperError(ExitCode.SHORTFALL, "cannot meet the cache budget: "
                               + result.plan.budget.shortfall_words())
-    if result.plan.problems:
+    faults = [p for p in result.plan.problems if not p.transient]
+    if faults:
         raise NovakeeperError(
             ExitCode.PROBLEMS,
-            f"{len(result.plan.problems)} problems met while scanning; {held} files held "
+            f"{len(faults)} problems met while scanning; {held} files held "
             "until they are fixed (see `novakeeper cache plan`)")
 
 
@@ -338,6 +339,12 @@ def demo(root: str | None, instances: int, keep: bool) -> None:
     from novakeeper import demo as demo_mod
 
     demo_mod.run(root, instances, keep, console())
+
+
+from novakeeper.logs.commands import diagnose, trace  # noqa: E402
+
+cli.add_command(global_options(trace))
+cli.add_command(global_options(diagnose))
 
 
 def _fail(code: int, message: str) -> NoReturn:

@@ -144,9 +144,14 @@ class Node:
 
     # -- running novakeeper ---------------------------------------------------------
 
+    spawn_window = 0.0
+    """Folders are made now, but the policy's clock is NOW (2023): every folder would look
+    young. Tests of the spawning hold set this and their own clock."""
+
     def scan(self) -> Inventory:
         self.settle()
-        self.scanner = Scanner(os.fspath(self.instances), self.cache_name)
+        self.scanner = Scanner(os.fspath(self.instances), self.cache_name,
+                               spawn_window=self.spawn_window)
         self.inventory = self.scanner.scan(now=NOW)
         return self.inventory
 

@@ -47,6 +47,9 @@ _FOLDER_RULES: tuple[tuple[re.Pattern[str], FolderKind], ...] = (
 RUN_LOCK_NAME = ".novakeeper-run.lock"
 """novakeeper's run lock in the cache folder (cache/locks.py takes it)."""
 
+SPAWN_WINDOW_SECONDS = 3600.0
+"""How long a young instance folder without its disk holds bases (stale_partial_seconds)."""
+
 # Files nova keeps in an instance folder that are never disk images.
 NOT_DISKS = frozenset({"console.log", "libvirt.xml", "disk.info"})
 # Folders under instances_path that hold no instance disks.
@@ -74,6 +77,12 @@ class ProblemCode(StrEnum):
     CHAIN_BROKEN = "chain-broken"
     FOLDER_UNREADABLE = "folder-unreadable"
     CROSS_CHECK = "cross-check"
+    SPAWNING = "spawning"  # a young instance folder without its disk yet
+
+
+# Problems that are a normal, passing state of a node rather than a fault: they hold files
+# like any problem, but `clean` does not fail (exit 6) because of them.
+TRANSIENT_PROBLEMS = frozenset({ProblemCode.SPAWNING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +101,10 @@ class Problem:
 
     def line(self) -> str:
         return f"{self.code}: {self.path}: {self.detail}"
+
+    @property
+    def transient(self) -> bool:
+        return self.code in TRANSIENT_PROBLEMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +233,8 @@ class FolderScan:
 
     path: str
     mtime_ns: int
+    kind: FolderKind = FolderKind.OTHER
+    instance: str = ""
     disks: list[Disk] = field(default_factory=list)
     edges: list[tuple[tuple[int, int], Disk]] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
@@ -262,7 +277,7 @@ def scan_folder(
     path: str, kind: FolderKind, instance: str, prober: CachedProber, mtime_ns: int
 ) -> FolderScan:
     """Probe every candidate disk in one instance folder and follow its chain."""
-    result = FolderScan(path, mtime_ns)
+    result = FolderScan(path, mtime_ns, kind, instance)
     try:
         entries = list(os.scandir(path))
     except OSError as exc:
@@ -370,9 +385,11 @@ def iter_instance_folders(
 class Scanner:
     """Scans the node; keeps per-folder results so `refresh` rescans only what changed."""
 
-    def __init__(self, instances_path: str, cache_name: str) -> None:
+    def __init__(self, instances_path: str, cache_name: str,
+                 spawn_window: float = SPAWN_WINDOW_SECONDS) -> None:
         self.instances_path = instances_path
         self.cache_name = cache_name
+        self.spawn_window = spawn_window
         self.cache_path = os.path.join(instances_path, cache_name)
         self.folders: dict[str, FolderScan] = {}
         self.cache_chains: dict[str, CacheChain] = {}
@@ -443,6 +460,10 @@ class Scanner:
     def refresh(self) -> Inventory:
         """Re-read the cache folder and rescan instance folders that changed since the last
         scan: the executor's re-check before each removal."""
+        return self.refresh_at(None)
+
+    def refresh_at(self, now: float | None) -> Inventory:
+        """refresh() with the clock given (a service pass, a replayed timeline)."""
         cache_st = check_dir(self.cache_path, "cache folder")
         started = time.time()
         bases = scan_cache(self.cache_path)
@@ -450,7 +471,7 @@ class Scanner:
         self.cache_chains = self._scan_cache_chains(bases, prober)
         self.folders = self._scan_folders(self.folders, prober)
         self._last_scan = started
-        return self._inventory(bases, started, cache_st)
+        return self._inventory(bases, started if now is None else now, cache_st)
 
     def _inventory(self, bases: list[BaseFile], now: float, cache_st: os.stat_result) -> Inventory:
         by_id: dict[tuple[int, int], list[BaseFile]] = {}
@@ -467,6 +488,7 @@ class Scanner:
         for _key, cache_edges, cache_problems in self.cache_chains.values():
             edge_lists.append(cache_edges)
             problems.extend(cache_problems)
+        problems.extend(spawning(self.folders.values(), now, self.spawn_window))
         for edges in edge_lists:
             for key, disk in edges:
                 for base in by_id.get(key, ()):
@@ -486,6 +508,30 @@ class Scanner:
             cache_dev=cache_st.st_dev,
             cache_ino=cache_st.st_ino,
         )
+
+
+def spawning(folders: Iterable[FolderScan], now: float, window: float) -> list[Problem]:
+    """Nova fetches an instance's base under its lock, releases it, then takes it again to
+    create the instance's disk on it: in between, the base has no user on disk. The
+    instance folder exists from the start, so a young instance folder without its `disk`
+    holds the bases a spawn makes (with ages of zero, the only thing that does). Decided
+    here, at assembly time, because a folder's scan is reused while its clock runs on."""
+    out: list[Problem] = []
+    if window <= 0:
+        return out
+    for folder in folders:
+        if folder.kind not in (FolderKind.INSTANCE, FolderKind.LEGACY) or folder.problems:
+            continue
+        if any(os.path.basename(d.path) == "disk" for d in folder.disks):
+            continue
+        age = now - folder.mtime_ns / 1e9
+        if age < window:
+            out.append(Problem(
+                ProblemCode.SPAWNING, folder.path,
+                f"instance folder without a disk, changed {max(age, 0):.0f} s ago: a spawn "
+                "may be between fetching its base and creating its disk",
+                folder.instance, CHAINED_KINDS))
+    return out
 
 
 def with_problems(inventory: Inventory, extra: Iterable[Problem]) -> Inventory:

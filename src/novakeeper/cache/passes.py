@@ -138,7 +138,8 @@ def plan_pass(settings: Settings, now: float | None = None, check: bool = False,
     """Scan, observe, decide. write_state=True (clean) makes an unusable state database
     an error; otherwise the plan goes on without it and says so."""
     notes: list[str] = []
-    scanner = Scanner(settings.instances_path, settings.subdirectory_name)
+    scanner = Scanner(settings.instances_path, settings.subdirectory_name,
+                      spawn_window=settings.policy.stale_partial_seconds)
     with _cyclic_gc_paused():
         inventory = scanner.scan()
     disagreements = 0
