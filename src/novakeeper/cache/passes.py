@@ -9,7 +9,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 from novakeeper.cache.budget import FsUsage
@@ -133,8 +133,27 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
     return observed, reconciled
 
 
+# Problems --ignore-unreadable stops from holding files: doubt about what a disk uses.
+UNREADABLE = frozenset({ProblemCode.DISK_UNREADABLE, ProblemCode.DISK_CORRUPT,
+                        ProblemCode.CHAIN_BROKEN, ProblemCode.FOLDER_UNREADABLE})
+
+
+def ignore_unreadable(inventory: Inventory, notes: list[str]) -> Inventory:
+    """The operator accepts the risk: unreadable disks stay listed but hold nothing."""
+    freed = [replace(p, holds_kinds=frozenset(), holds_names=frozenset())
+             if p.code in UNREADABLE else p for p in inventory.problems]
+    count = sum(1 for p in inventory.problems if p.code in UNREADABLE)
+    if count:
+        note = (f"--ignore-unreadable: {count} unreadable or broken disks hold nothing; "
+                "bases they use may be removed")
+        LOG.warning("%s", note)
+        notes.append(note)
+    return replace(inventory, problems=tuple(freed))
+
+
 def plan_pass(settings: Settings, now: float | None = None, check: bool = False,
-              write_state: bool = False, use_state: bool = True) -> Pass:
+              write_state: bool = False, use_state: bool = True,
+              accept_unreadable: bool = False) -> Pass:
     """Scan, observe, decide. write_state=True (clean) makes an unusable state database
     an error; otherwise the plan goes on without it and says so."""
     notes: list[str] = []
@@ -147,6 +166,8 @@ def plan_pass(settings: Settings, now: float | None = None, check: bool = False,
         extra = cross_check(inventory)
         disagreements = len(extra)
         inventory = with_problems(inventory, extra)
+    if accept_unreadable:
+        inventory = ignore_unreadable(inventory, notes)
     when = time.time() if now is None else now
     state = _open_state(settings, write_state, notes) if use_state else None
     try:

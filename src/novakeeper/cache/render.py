@@ -14,7 +14,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from novakeeper.cache.inventory import Inventory
+from novakeeper.cache.locks import OrphanLock
 from novakeeper.cache.plan import Decision, Plan, Verdict
+from novakeeper.cache.storage import Registry
 from novakeeper.state.journal import Entry, JournalEntry
 from novakeeper.units import human_age, human_bytes
 
@@ -123,7 +125,8 @@ def problems_block(plan: Plan, console: Console) -> None:
         console.print(f"  ... and {len(plan.problems) - 50} more (see --json)")
 
 
-def status_data(inventory: Inventory, plan: Plan) -> dict[str, Any]:
+def status_data(inventory: Inventory, plan: Plan, registry: Registry | None = None,
+                orphans: list[OrphanLock] | None = None) -> dict[str, Any]:
     by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"files": 0, "size": 0,
                                                               "allocated": 0})
     for b in inventory.bases:
@@ -153,6 +156,9 @@ def status_data(inventory: Inventory, plan: Plan) -> dict[str, Any]:
         "problems": [p.line() for p in inventory.problems],
         "budget": plan.budget.to_dict() if plan.budget is not None else None,
         "notes": list(plan.notes),
+        "storage": registry.to_dict() if registry is not None else None,
+        "orphaned_locks": [{"path": o.path, "name": o.name, "age_seconds": round(o.age)}
+                           for o in (orphans or [])],
     }
 
 
@@ -187,6 +193,7 @@ def status_text(data: dict[str, Any], console: Console) -> None:
         table.add_row(verdict, str(row["files"]), human_bytes(row["allocated"]))
     c.print(table)
     _budget_text(data["budget"], c)
+    _storage_text(data, c)
     problems = data["problems"]
     c.print(f"problems     {len(problems)}", highlight=False)
     for line in problems[:20]:
@@ -214,6 +221,38 @@ def _budget_text(budget: dict[str, Any] | None, c: Console) -> None:
         c.print(f"  {lim['name']:<16} {lim['words']}; headroom {human_bytes(lim['headroom'])}",
                 highlight=False, markup=False)
     c.print(f"budget       {budget['words']}", highlight=False, markup=False)
+
+
+def _storage_text(data: dict[str, Any], c: Console) -> None:
+    storage = data.get("storage")
+    if storage is not None:
+        users = storage["users"]
+        if storage["error"]:
+            c.print(f"storage      {storage['error']}", highlight=False, markup=False)
+        elif not users:
+            c.print("storage      no compute_nodes registry: nova's cache manager has not "
+                    "registered a host here", highlight=False, markup=False)
+        else:
+            now = time.time()
+            active = sum(1 for u in users if not u["stale"])
+            shared = "SHARED storage: " if storage["shared"] else ""
+            c.print(f"storage      {shared}{len(users)} compute hosts registered in "
+                    f"compute_nodes, {active} active:", highlight=False, markup=False)
+            for u in users:
+                state = ("STALE: silent for over 24 h; nova no longer counts it, its "
+                         "instance folders still protect their bases") if u["stale"] else "active"
+                c.print(f"  {u['host']:<24} last registered "
+                        f"{human_age(now - u['last_seen'])} ago, {state}",
+                        highlight=False, markup=False)
+    orphans = data.get("orphaned_locks") or []
+    if orphans:
+        c.print(f"lock files   {len(orphans)} nova lock files for bases long gone (safe to "
+                "remove; nova recreates any it needs):", highlight=False, markup=False)
+        for o in orphans[:10]:
+            c.print(f"  {o['path']} ({human_age(o['age_seconds'])} old)", highlight=False,
+                    markup=False)
+        if len(orphans) > 10:
+            c.print(f"  ... and {len(orphans) - 10} more (see --json)")
 
 
 def log_plan(plan: Plan) -> None:
