@@ -79,6 +79,9 @@ NOVAKEEPER_OPTS: list[cfg.Opt] = [
                help="Bytes (20G) or percent (10%) to keep free on the cache's file system."),
     cfg.IntOpt("eviction_min_age_seconds", default=3600, min=0,
                help="An unused base younger than this is never evicted for space."),
+    cfg.IntOpt("trash_grace_seconds", default=0, min=0,
+               help="0: remove at once. Otherwise removed bases wait this long in "
+                    "_base/.novakeeper-trash, from where `cache restore` puts one back."),
     cfg.FloatOpt("lock_wait_seconds", default=5.0, min=0,
                  help="How long clean waits for nova's lock on a base before calling it "
                       "busy and keeping it."),
@@ -253,6 +256,7 @@ def load(
                 "remove_unused_resized_minimum_age_seconds"],
             stale_partial_seconds=nk["stale_partial_seconds"],
             budget=budget,
+            trash_grace_seconds=nk["trash_grace_seconds"],
         ),
         touch_in_use=nk["touch_in_use"],
         config_files=tuple(files),

@@ -188,6 +188,8 @@ class BudgetOutcome:
     kept: dict[str, int]
     """Bytes of unused-or-not files that eviction could not touch, by why (in-use,
     pinned, held, too-young-to-evict, ...): where the shortfall sits."""
+    in_trash: int = 0
+    """Bytes in the trash, freed when their grace period ends: counted as on their way."""
 
     @property
     def need(self) -> int:
@@ -206,6 +208,8 @@ class BudgetOutcome:
             return head
         assert binding is not None
         text = f"over budget by {human_bytes(self.need)} ({binding.words})"
+        if self.in_trash:
+            text += f"; the trash frees {human_bytes(self.in_trash)} when its grace ends"
         if self.by_age:
             text += f"; age-based removals free {human_bytes(self.by_age)}"
         if self.evicted:
@@ -226,4 +230,5 @@ class BudgetOutcome:
     def to_dict(self) -> dict[str, Any]:
         return {**self.state.to_dict(), "by_age": self.by_age, "by_eviction": self.by_eviction,
                 "evicted": self.evicted, "shortfall": self.shortfall, "kept": self.kept,
+                "in_trash": self.in_trash,
                 "words": self.words()}

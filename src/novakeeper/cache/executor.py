@@ -23,6 +23,8 @@ from enum import StrEnum
 from novakeeper.cache.inventory import Inventory, Scanner
 from novakeeper.cache.locks import NovaLocks, nova_lock_dir
 from novakeeper.cache.plan import Decision, Plan, Verdict
+from novakeeper.cache.layout import TRASH_NAME
+from novakeeper.cache.trash import move_in, open_trash
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.state.journal import Entry, Journal
 
@@ -31,6 +33,8 @@ LOG = logging.getLogger("novakeeper.cache")
 
 class Action(StrEnum):
     REMOVED = "removed"
+    TRASHED = "trashed"  # moved into the trash: unlinked when its grace period ends
+    PURGED = "purged"  # unlinked from the trash
     SKIPPED = "skipped"
     FAILED = "failed"
 
@@ -55,6 +59,14 @@ class Report:
     @property
     def removed(self) -> list[Outcome]:
         return self._with(Action.REMOVED)
+
+    @property
+    def trashed(self) -> list[Outcome]:
+        return self._with(Action.TRASHED)
+
+    @property
+    def purged(self) -> list[Outcome]:
+        return self._with(Action.PURGED)
 
     @property
     def skipped(self) -> list[Outcome]:
@@ -94,7 +106,8 @@ def _same_file(st: os.stat_result, d: Decision) -> bool:
 class Executor:
     def __init__(self, scanner: Scanner, inventory: Inventory, plan: Plan,
                  touch_in_use: bool = True, journal: Journal | None = None,
-                 locks: NovaLocks | None = None, fresh_sibling_seconds: float = 3600) -> None:
+                 locks: NovaLocks | None = None, fresh_sibling_seconds: float = 3600,
+                 trash_grace: float = 0.0) -> None:
         self.scanner = scanner
         self.inventory = inventory
         self.plan = plan
@@ -103,11 +116,21 @@ class Executor:
         self.locks = locks if locks is not None else NovaLocks(
             nova_lock_dir(inventory.instances_path))
         self.fresh_sibling_seconds = fresh_sibling_seconds
+        self.trash_grace = trash_grace
+        self.trash_fd: int | None = None
 
     def run(self) -> Report:
         report = Report()
         fd = open_cache_dir(self.inventory)
         try:
+            if self.trash_grace > 0 or self.inventory.trash:
+                try:
+                    self.trash_fd = open_trash(fd, create=self.trash_grace > 0)
+                except OSError as exc:  # a link or a file where the trash should be
+                    raise NovakeeperError(
+                        ExitCode.PATH, f"trash folder {self.inventory.cache_path}/"
+                        f"{TRASH_NAME}: {exc.strerror}; nothing removed") from None
+            report.outcomes.extend(self._purge_trash())
             for decision in self.plan.removals:
                 report.outcomes.append(self._remove_one(fd, decision))
             # After the removals: touching changes the bases' ctime, which would make every
@@ -115,8 +138,48 @@ class Executor:
             if self.touch_in_use:
                 report.touched = self._touch_in_use(fd)
         finally:
+            if self.trash_fd is not None:
+                os.close(self.trash_fd)
+                self.trash_fd = None
             os.close(fd)
         return report
+
+    def _purge_trash(self) -> list[Outcome]:
+        """Unlink trashed bases whose grace period has ended (counted as freed now)."""
+        out: list[Outcome] = []
+        if self.trash_fd is None:
+            return out
+        for t in self.plan.trash_due():
+            try:
+                st = os.lstat(t.name, dir_fd=self.trash_fd)
+            except OSError:
+                continue  # restored or purged by someone else since the scan
+            if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (t.dev, t.ino):
+                continue
+            freed = st.st_blocks * 512 if st.st_nlink <= 1 else 0
+            d = Decision(name=t.name, path=t.path, kind=t.kind, verdict=Verdict.REMOVE,
+                         reason=f"trash grace period of {self.trash_grace:g} s ended",
+                         age=time.time() - t.trashed_at, min_age=self.trash_grace,
+                         size=t.size, allocated=t.allocated, frees=freed, dev=t.dev,
+                         ino=t.ino)
+            entry = None
+            if self.journal is not None:
+                try:
+                    entry = self.journal.begin(d, freed, time.time())
+                except sqlite3.Error as exc:
+                    out.append(Outcome(t.name, t.path, Action.SKIPPED,
+                                       f"journal unavailable: {exc}"))
+                    continue
+            LOG.info("Removing base file from the trash: %s", t.path)
+            try:
+                os.unlink(t.name, dir_fd=self.trash_fd)
+            except OSError as exc:
+                outcome = Outcome(t.name, t.path, Action.FAILED, exc.strerror or str(exc))
+            else:
+                outcome = Outcome(t.name, t.path, Action.PURGED, d.reason, freed)
+            self._journal_end(entry, outcome)
+            out.append(outcome)
+        return out
 
     def _touch_in_use(self, fd: int) -> int:
         """Mark in-use bases as nova does, so their age means 'time since last in use' and a
@@ -181,7 +244,7 @@ class Executor:
                 LOG.info("Not removing %s: %s", d.path, why)
                 return Outcome(d.name, d.path, Action.SKIPPED, why)
             outcome = self._unlink(fd, d)
-        if outcome.action is Action.REMOVED:
+        if outcome.action in (Action.REMOVED, Action.TRASHED):
             try:
                 self.locks.remove(d.name)
             except OSError as exc:
@@ -205,17 +268,20 @@ class Executor:
         LOG.info("Removing base file: %s", d.path,
                  extra={"data": {"event": "remove", "file": d.path, "kind": str(d.kind),
                                  "verdict": str(d.verdict), "reason": d.reason,
-                                 "frees": freed}})
+                                 "frees": freed, "trash": self.trash_fd is not None}})
         try:
-            os.unlink(d.name, dir_fd=fd)
+            if self.trash_fd is not None:
+                older = move_in(fd, self.trash_fd, d.name)  # freed when the grace ends
+                outcome = Outcome(d.name, d.path, Action.TRASHED, d.reason, older)
+            else:
+                os.unlink(d.name, dir_fd=fd)
+                outcome = Outcome(d.name, d.path, Action.REMOVED, d.reason, freed)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
                 outcome = Outcome(d.name, d.path, Action.SKIPPED, "already gone")
             else:
                 LOG.error("Failed to remove %s, error was %s", d.path, exc)
                 outcome = Outcome(d.name, d.path, Action.FAILED, exc.strerror or str(exc))
-        else:
-            outcome = Outcome(d.name, d.path, Action.REMOVED, d.reason, freed)
         self._journal_end(entry, outcome)
         return outcome
 
@@ -223,8 +289,9 @@ class Executor:
         if self.journal is None or entry is None:
             return
         kind = {Action.REMOVED: Entry.REMOVED, Action.SKIPPED: Entry.SKIPPED,
-                Action.FAILED: Entry.FAILED}[outcome.action]
-        detail = "" if outcome.action is Action.REMOVED else outcome.reason
+                Action.FAILED: Entry.FAILED, Action.TRASHED: Entry.TRASHED,
+                Action.PURGED: Entry.PURGED}[outcome.action]
+        detail = "" if outcome.action in (Action.REMOVED, Action.PURGED) else outcome.reason
         try:
             self.journal.end(entry, kind, outcome.freed, detail, time.time())
         except sqlite3.Error as exc:  # the next run settles the row from its scan

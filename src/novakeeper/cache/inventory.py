@@ -18,10 +18,13 @@ from enum import StrEnum
 
 from novakeeper.cache.layout import (
     ALL_KINDS,
+    RUN_LOCK_NAME,
+    TRASH_NAME,
     BaseKind,
     classify,
     kinds_usable_by,
 )
+from novakeeper.cache.trash import TrashEntry, scan_trash
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.images.chain import Break, CachedProber, Chain, follow
 from novakeeper.images.probe import ImageFormat, ImageInfo, ProbeError, ProbeErrorKind, probe
@@ -43,9 +46,6 @@ _FOLDER_RULES: tuple[tuple[re.Pattern[str], FolderKind], ...] = (
     (re.compile(rf"({_UUID})_del"), FolderKind.DELETED),
     (re.compile(r"(instance-[0-9a-f]{8})"), FolderKind.LEGACY),
 )
-
-RUN_LOCK_NAME = ".novakeeper-run.lock"
-"""novakeeper's run lock in the cache folder (cache/locks.py takes it)."""
 
 SPAWN_WINDOW_SECONDS = 3600.0
 """How long a young instance folder without its disk holds bases (stale_partial_seconds)."""
@@ -148,6 +148,8 @@ class Inventory:
     folders: int = 0
     cache_dev: int = 0
     cache_ino: int = 0
+    trash: tuple[TrashEntry, ...] = ()
+    """Bases removed into the trash folder, waiting for their grace period to end."""
 
     def users_of(self, name: str) -> tuple[Disk, ...]:
         return self.users.get(name, ())
@@ -189,8 +191,8 @@ def scan_cache(cache_path: str) -> list[BaseFile]:
         except OSError:
             st = None
         name = entry.name
-        if name == RUN_LOCK_NAME:
-            continue  # novakeeper's own run lock, not a cache file
+        if name in (RUN_LOCK_NAME, TRASH_NAME):
+            continue  # novakeeper's own run lock and trash, not cache files
         if st is None:
             bases.append(BaseFile(name, entry.path, BaseKind.SPECIAL, None, None,
                                   0, 0, 0.0, 0, 0, 0))
@@ -507,6 +509,7 @@ class Scanner:
             folders=len(self.folders),
             cache_dev=cache_st.st_dev,
             cache_ino=cache_st.st_ino,
+            trash=tuple(scan_trash(self.cache_path)),
         )
 
 

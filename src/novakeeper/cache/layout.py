@@ -28,6 +28,11 @@ class BaseKind(StrEnum):
 
 # Kinds a disk can use as a backing file, by the disk's name in its instance folder. An
 # unreadable disk holds every base of its class; an unnamed one holds every kind.
+# novakeeper's own entries in the cache folder: dot names nova's manager never looks at,
+# and never cache files to our scan.
+RUN_LOCK_NAME = ".novakeeper-run.lock"
+TRASH_NAME = ".novakeeper-trash"
+
 ROOT_KINDS = frozenset({BaseKind.ORIGINAL, BaseKind.RESIZED})
 ALL_KINDS = frozenset(BaseKind)
 DELETABLE_KINDS = frozenset(

@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from oslo_concurrency import lockutils
 
 from novakeeper.cache import inventory
-from novakeeper.cache.layout import BaseKind, classify
+from novakeeper.cache.layout import RUN_LOCK_NAME, BaseKind, classify
 from novakeeper.errors import ExitCode, NovakeeperError
 
 NOVA_LOCK_PREFIX = "nova-"
 LOCKS_FOLDER = "locks"
-# In the cache folder; a dot name nova's manager does not look at, and our scan skips.
-RUN_LOCK_NAME = inventory.RUN_LOCK_NAME
 
 
 def nova_lock_dir(instances_path: str) -> str:

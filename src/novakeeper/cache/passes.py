@@ -190,4 +190,5 @@ def executor_for(result: Pass, settings: Settings) -> Executor:
         result.scanner, result.inventory, result.plan, settings.touch_in_use,
         journal.Journal(result.state, result.plan.policy),
         NovaLocks(nova_lock_dir(settings.instances_path), settings.lock_wait_seconds),
-        fresh_sibling_seconds=settings.policy.stale_partial_seconds)
+        fresh_sibling_seconds=settings.policy.stale_partial_seconds,
+        trash_grace=settings.policy.trash_grace_seconds)

@@ -14,6 +14,7 @@ from typing import Any
 from novakeeper.cache.budget import BudgetOutcome
 from novakeeper.cache.inventory import Problem
 from novakeeper.cache.layout import BaseKind
+from novakeeper.cache.trash import TrashEntry
 
 
 class Verdict(StrEnum):
@@ -99,6 +100,12 @@ class Plan:
     budget: BudgetOutcome | None = None
     notes: tuple[str, ...] = ()
     """Things the operator should know about this plan (state database read-only, ...)."""
+    trash: tuple[TrashEntry, ...] = ()
+    trash_grace: float = 0.0
+
+    def trash_due(self) -> tuple[TrashEntry, ...]:
+        """Trashed bases whose grace period has ended: `clean` unlinks them."""
+        return tuple(t for t in self.trash if t.purge_at(self.trash_grace) <= self.now)
 
     @property
     def shortfall(self) -> int:
@@ -123,6 +130,7 @@ class Plan:
             "policy": self.policy,
             "budget": self.budget.to_dict() if self.budget is not None else None,
             "notes": list(self.notes),
+            "trash": [t.to_dict(self.trash_grace) for t in self.trash],
             "summary": {
                 "files": len(self.decisions),
                 "removals": len(self.removals),

@@ -28,6 +28,7 @@ class PolicyConfig:
     remove_unused_resized_minimum_age_seconds: int = 3600
     stale_partial_seconds: int = 3600
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    trash_grace_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -183,12 +184,21 @@ EVICTABLE_VERDICTS = frozenset({Verdict.TOO_YOUNG, Verdict.KEPT_BY_CONFIG})
 
 
 def cache_bytes(inventory: Inventory) -> int:
-    """Allocated bytes of the cache's regular files, each inode once."""
+    """Allocated bytes of the cache's regular files, trash included (it still takes its
+    space), each inode once."""
     seen: dict[tuple[int, int], int] = {}
     for b in inventory.bases:
         if b.kind not in (BaseKind.DIRECTORY, BaseKind.SYMLINK, BaseKind.SPECIAL):
             seen[(b.dev, b.ino)] = b.allocated
+    for t in inventory.trash:
+        seen[(t.dev, t.ino)] = t.allocated
     return sum(seen.values())
+
+
+def trash_frees(inventory: Inventory) -> int:
+    """What the trash gives back once its grace periods end: space already on its way
+    out, so eviction must not take more bases for it (that would cascade every pass)."""
+    return sum(t.frees for t in inventory.trash)
 
 
 def _idle_since(f: Facts) -> float:
@@ -210,7 +220,8 @@ def rule_evict_least_recently_used(
                     observed.fs_error if budget.uses_file_system else None)
     decisions = [d for _, d in chosen]
     by_age = sum(d.frees for d in decisions if d.removes)
-    remaining = state.need - by_age
+    in_trash = trash_frees(inventory)
+    remaining = state.need - by_age - in_trash
     kept: dict[str, int] = defaultdict(int)
     candidates: list[tuple[float, str, int]] = []
     for i, (f, d) in enumerate(chosen):
@@ -247,7 +258,7 @@ def rule_evict_least_recently_used(
             evicted += 1
     kept.pop("not needed", None)
     outcome = BudgetOutcome(state, by_age, by_eviction, evicted, max(0, remaining),
-                            dict(kept) if remaining > 0 else {})
+                            dict(kept) if remaining > 0 else {}, in_trash)
     return decisions, outcome
 
 
@@ -301,4 +312,6 @@ def decide(inventory: Inventory, config: PolicyConfig, now: float,
         policy=asdict(config),
         budget=budget,
         notes=observed.notes,
+        trash=inventory.trash,
+        trash_grace=config.trash_grace_seconds,
     )

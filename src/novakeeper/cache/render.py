@@ -59,6 +59,12 @@ def budget_lines(plan: Plan) -> list[str]:
     lines = []
     if plan.budget is not None:
         lines.append(f"budget: {plan.budget.words()}")
+    if plan.trash:
+        due = plan.trash_due()
+        held = sum(t.allocated for t in plan.trash)
+        lines.append(f"trash: {len(plan.trash)} files, {human_bytes(held)}; {len(due)} past "
+                     f"their grace period ({human_bytes(sum(t.frees for t in due))}), "
+                     "unlinked by the next clean; `cache restore NAME` puts one back")
     lines += [f"note: {n}" for n in plan.notes]
     return lines
 
@@ -156,6 +162,8 @@ def status_data(inventory: Inventory, plan: Plan, registry: Registry | None = No
         "problems": [p.line() for p in inventory.problems],
         "budget": plan.budget.to_dict() if plan.budget is not None else None,
         "notes": list(plan.notes),
+        "trash": [t.to_dict(plan.trash_grace) for t in plan.trash],
+        "footer": [x for x in budget_lines(plan) if not x.startswith("budget: ")],
         "storage": registry.to_dict() if registry is not None else None,
         "orphaned_locks": [{"path": o.path, "name": o.name, "age_seconds": round(o.age)}
                            for o in (orphans or [])],
@@ -193,6 +201,8 @@ def status_text(data: dict[str, Any], console: Console) -> None:
         table.add_row(verdict, str(row["files"]), human_bytes(row["allocated"]))
     c.print(table)
     _budget_text(data["budget"], c)
+    for line in data.get("footer", []):
+        c.print(line, highlight=False, markup=False)
     _storage_text(data, c)
     problems = data["problems"]
     c.print(f"problems     {len(problems)}", highlight=False)

@@ -16,12 +16,16 @@ from typing import Any
 
 from novakeeper.cache.inventory import Inventory
 from novakeeper.cache.plan import Decision
+from novakeeper.cache.trash import TrashEntry
 from novakeeper.state.db import StateDB
 
 
 class Entry(StrEnum):
     STARTED = "started"  # written before the unlink; still so only after a crash
     REMOVED = "removed"
+    TRASHED = "trashed"  # moved into the trash folder; its unlink is a later 'purged' row
+    PURGED = "purged"  # unlinked from the trash after its grace period
+    RESTORED = "restored"  # put back from the trash by `cache restore`
     SKIPPED = "skipped"  # the final check under lock said no
     FAILED = "failed"  # the unlink failed
     RECOVERED_REMOVED = "removed-after-crash"  # reconciled: the file is gone
@@ -80,6 +84,18 @@ class Journal:
             if outcome is Entry.REMOVED:
                 conn.execute("DELETE FROM bases WHERE name = (SELECT name FROM journal "
                              "WHERE id = ?)", (entry_id,))
+
+
+    def record_restore(self, entry: TrashEntry, now: float) -> None:
+        """One finished row: what `cache restore` put back."""
+        with self.db.write() as conn:
+            conn.execute(
+                """INSERT INTO journal (run, started, finished, name, path, kind, image_hash,
+                       dev, ino, bytes, verdict, reason, policy, outcome)
+                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                (self.run, now, now, entry.name, entry.path, str(entry.kind), None,
+                 entry.dev, entry.ino, 0, "restore", "restored from the trash by an "
+                 "operator", self.policy, str(Entry.RESTORED)))
 
 
 def _entry(r: Any) -> JournalEntry:
