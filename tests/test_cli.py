@@ -158,8 +158,11 @@ def test_plan_table(tree: Tree) -> None:
         if len(fields) >= 3 and fields[2] in tree.expected:
             rows[fields[2]] = fields[0]
     assert rows == tree.expected
-    assert (f"{len(tree.removable)} of {len(tree.expected)} files to remove"
-            in out.splitlines()[-1])
+    # the summary line closes the table; only notes (none, or this host's) follow it
+    lines = out.splitlines()
+    summary = next(i for i, line in enumerate(lines) if "files to remove" in line)
+    assert f"{len(tree.removable)} of {len(tree.expected)} files to remove" in lines[summary]
+    assert all(line.startswith("note: ") for line in lines[summary + 1:])
 
 
 READING_ORDER = ["remove", "stale-partial", "held", "too-young", "downloading", "in-use",

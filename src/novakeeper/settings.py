@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from oslo_config import cfg
+from oslo_config import cfg, types
 
 from novakeeper.cache.budget import BudgetConfig
 from novakeeper.cache.policy import PolicyConfig
@@ -85,6 +85,12 @@ NOVAKEEPER_OPTS: list[cfg.Opt] = [
     cfg.FloatOpt("lock_wait_seconds", default=5.0, min=0,
                  help="How long clean waits for nova's lock on a base before calling it "
                       "busy and keeping it."),
+    cfg.ListOpt("usage_sources", default=["open-files"],
+                item_type=types.String(choices=["open-files", "libvirt", "nova-api"]),
+                help="Where else to look for users of a base, besides the disks: "
+                     "open-files, libvirt, nova-api."),
+    cfg.StrOpt("nova_api_cloud",
+               help="clouds.yaml cloud for the nova-api source (default: OS_* variables)."),
     cfg.StrOpt("state_path", default=DEFAULT_STATE_PATH,
                help="SQLite database of usage records, pins and the removal journal."),
     cfg.ListOpt("pinned_images", default=[],
@@ -93,9 +99,17 @@ NOVAKEEPER_OPTS: list[cfg.Opt] = [
                 help="Glob patterns of cache file names that are never removed."),
 ]
 
+LIBVIRT_OPTS: list[cfg.Opt] = [
+    cfg.StrOpt("virt_type", default="kvm",
+               help="nova's hypervisor type; picks the default connection URI."),
+    cfg.StrOpt("connection_uri", default="",
+               help="nova's libvirt URI; empty: qemu:///system for kvm and qemu."),
+]
+
 OPT_GROUPS: tuple[tuple[str, list[cfg.Opt]], ...] = (
     ("DEFAULT", DEFAULT_OPTS),
     ("image_cache", IMAGE_CACHE_OPTS),
+    ("libvirt", LIBVIRT_OPTS),
     ("novakeeper", NOVAKEEPER_OPTS),
 )
 
@@ -111,6 +125,9 @@ class Settings:
     config_files: tuple[str, ...]
     state_path: str = DEFAULT_STATE_PATH
     lock_wait_seconds: float = 5.0
+    usage_sources: tuple[str, ...] = ("open-files",)
+    libvirt_uri: str = "qemu:///system"
+    nova_api_cloud: str | None = None
     pins: tuple[pins.Pin, ...] = ()
     """Pins from the configuration; the state database holds the others."""
 
@@ -262,8 +279,19 @@ def load(
         config_files=tuple(files),
         state_path=os.path.abspath(state_path),
         lock_wait_seconds=nk["lock_wait_seconds"],
+        usage_sources=tuple(dict.fromkeys(nk["usage_sources"])),
+        libvirt_uri=_libvirt_uri(values["libvirt"]),
+        nova_api_cloud=nk["nova_api_cloud"] or None,
         pins=tuple(config_pins),
     )
+
+
+def _libvirt_uri(lv: dict[str, Any]) -> str:
+    """nova's rule: connection_uri if set, else the URI of virt_type's driver."""
+    if lv["connection_uri"]:
+        return str(lv["connection_uri"])
+    return {"lxc": "lxc:///", "parallels": "parallels:///system"}.get(
+        lv["virt_type"], "qemu:///system")
 
 
 def _invalid(files: Sequence[str], option: str, reason: str) -> NoReturn:

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from novakeeper.cache.inventory import Inventory, Scanner
+from novakeeper.cache.layout import TRASH_NAME
 from novakeeper.cache.locks import NovaLocks, nova_lock_dir
 from novakeeper.cache.plan import Decision, Plan, Verdict
-from novakeeper.cache.layout import TRASH_NAME
 from novakeeper.cache.trash import move_in, open_trash
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.state.journal import Entry, Journal

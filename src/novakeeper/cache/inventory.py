@@ -78,6 +78,7 @@ class ProblemCode(StrEnum):
     FOLDER_UNREADABLE = "folder-unreadable"
     CROSS_CHECK = "cross-check"
     SPAWNING = "spawning"  # a young instance folder without its disk yet
+    DOMAIN_DISK = "domain-disk"  # a libvirt domain's disk that cannot be read
 
 
 # Problems that are a normal, passing state of a node rather than a fault: they hold files

@@ -19,11 +19,17 @@ from novakeeper.cache.layout import kinds_usable_by
 from novakeeper.cache.locks import NovaLocks, nova_lock_dir
 from novakeeper.cache.plan import Plan
 from novakeeper.cache.policy import Observed, decide
+from novakeeper.cache.storage import read_registry
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.images import crosscheck
 from novakeeper.settings import Settings
 from novakeeper.state import journal, pins, usage
 from novakeeper.state.db import StateDB, open_state
+from novakeeper.usage.base import UsageSource
+from novakeeper.usage.collect import Usage, collect
+from novakeeper.usage.libvirt import LibvirtDomains
+from novakeeper.usage.novaapi import NovaServers
+from novakeeper.usage.openfiles import OpenFiles
 
 LOG = logging.getLogger("novakeeper.cache")
 
@@ -95,8 +101,25 @@ def _open_state(settings: Settings, write: bool, notes: list[str]) -> StateDB | 
         return None
 
 
+def usage_sources(settings: Settings, inventory: Inventory, now: float) -> list[UsageSource]:
+    """The sources [novakeeper] usage_sources names, built from the settings. The nova-api
+    source asks about this host and every host the storage registry calls active."""
+    sources: list[UsageSource] = []
+    for name in settings.usage_sources:
+        if name == "open-files":
+            sources.append(OpenFiles())
+        elif name == "libvirt":
+            sources.append(LibvirtDomains(settings.libvirt_uri))
+        elif name == "nova-api":
+            registry = read_registry(inventory.instances_path, now)
+            hosts = [settings.host, *(u.host for u in registry.active)]
+            sources.append(NovaServers(hosts, cloud=settings.nova_api_cloud))
+    return sources
+
+
 def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now: float,
-            notes: list[str]) -> tuple[Observed, list[journal.JournalEntry]]:
+            notes: list[str], used: Usage | None = None
+            ) -> tuple[Observed, list[journal.JournalEntry]]:
     """Everything the policy needs besides the inventory: file-system usage, usage
     records (updated with this scan), pins. Settles a crashed run's journal first."""
     fs: FsUsage | None = None
@@ -127,15 +150,18 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
     for entry in reconciled:
         LOG.warning("Journal: removal of %s by run %s was interrupted; settled as %s",
                     entry.path, entry.run, entry.outcome)
+    used = used if used is not None else Usage()
     observed = Observed(fs=fs, fs_error=fs_error, last_used=usage.last_used_map(records),
                         pins=pins.Pins(tuple(settings.pins) + tuple(db_pins)),
-                        notes=tuple(notes))
+                        notes=tuple(notes), sightings=used.sightings,
+                        source_errors=tuple(used.errors))
     return observed, reconciled
 
 
 # Problems --ignore-unreadable stops from holding files: doubt about what a disk uses.
 UNREADABLE = frozenset({ProblemCode.DISK_UNREADABLE, ProblemCode.DISK_CORRUPT,
-                        ProblemCode.CHAIN_BROKEN, ProblemCode.FOLDER_UNREADABLE})
+                        ProblemCode.CHAIN_BROKEN, ProblemCode.FOLDER_UNREADABLE,
+                        ProblemCode.DOMAIN_DISK})
 
 
 def ignore_unreadable(inventory: Inventory, notes: list[str]) -> Inventory:
@@ -166,12 +192,15 @@ def plan_pass(settings: Settings, now: float | None = None, check: bool = False,
         extra = cross_check(inventory)
         disagreements = len(extra)
         inventory = with_problems(inventory, extra)
+    when = time.time() if now is None else now
+    used = collect(usage_sources(settings, inventory, when), inventory)
+    inventory = with_problems(inventory, used.problems)
+    notes.extend(used.notes)
     if accept_unreadable:
         inventory = ignore_unreadable(inventory, notes)
-    when = time.time() if now is None else now
     state = _open_state(settings, write_state, notes) if use_state else None
     try:
-        observed, reconciled = observe(settings, inventory, state, when, notes)
+        observed, reconciled = observe(settings, inventory, state, when, notes, used)
         with _cyclic_gc_paused():
             plan = decide(inventory, settings.policy, when, observed)
     except BaseException:

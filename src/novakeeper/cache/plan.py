@@ -61,6 +61,10 @@ class Decision:
     ino: int = 0
     last_used: float | None = None
     """Last scan that saw a disk on it (state database); None: never seen in use."""
+    sources: tuple[str, ...] = ()
+    """Which usage sources saw it in use: "disks", "open-files", "libvirt", "nova-api"."""
+    seen_by: tuple[str, ...] = ()
+    """What the other sources saw, in words ("open-files: pid 4242 (qemu-kvm)")."""
 
     @property
     def removes(self) -> bool:
@@ -84,6 +88,8 @@ class Decision:
             "image_hash": self.image_hash,
             "mtime": self.mtime,
             "last_used": self.last_used,
+            "sources": list(self.sources),
+            "seen_by": list(self.seen_by),
         }
 
 

@@ -17,6 +17,7 @@ from novakeeper.cache.layout import DELETABLE_KINDS, BaseKind
 from novakeeper.cache.plan import Decision, Plan, Verdict
 from novakeeper.state.pins import Pin, Pins
 from novakeeper.units import human_age, human_bytes
+from novakeeper.usage.base import Sighting
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,10 @@ class Observed:
     """Base name -> last time a scan saw a disk on it (state database)."""
     pins: Pins = field(default_factory=Pins)
     notes: tuple[str, ...] = ()
+    sightings: Mapping[str, Sequence[Sighting]] = field(default_factory=dict)
+    """Base name -> usage sources beyond the disks that saw it in use."""
+    source_errors: tuple[str, ...] = ()
+    """Usage sources configured but unable to answer: every base is then kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +62,8 @@ class Facts:
     config: PolicyConfig
     pin: Pin | None = None
     last_used: float | None = None
+    seen_by: tuple[Sighting, ...] = ()
+    source_errors: tuple[str, ...] = ()
 
 
 Rule = Callable[[Facts], Decision | None]
@@ -81,6 +88,9 @@ def _decide(f: Facts, verdict: Verdict, reason: str, min_age: float | None = Non
         min_age=min_age, size=b.size, allocated=b.allocated, frees=frees, users=f.users,
         disks=f.disks, held_by=tuple(p.path for p in f.held_by), image_hash=b.image_hash,
         mtime=b.mtime, dev=b.dev, ino=b.ino, last_used=f.last_used,
+        sources=(("disks",) if f.disks else ()) + tuple(dict.fromkeys(
+            s.source for s in f.seen_by)),
+        seen_by=tuple(s.words() for s in f.seen_by),
     )
 
 
@@ -91,14 +101,30 @@ def rule_only_nova_names(f: Facts) -> Decision | None:
 
 
 def rule_in_use(f: Facts) -> Decision | None:
-    """A file in any disk's backing chain is in use, whatever its name or age."""
-    if not f.disks:
+    """A file in any disk's backing chain is in use, whatever its name or age; so is one
+    that any other usage source (open files, libvirt domains, the Nova API) saw in use."""
+    if not f.disks and not f.seen_by:
         return None
-    n = len(f.users)
-    noun = "instance" if n == 1 else "instances"
-    disks = len(f.disks)
-    return _decide(f, Verdict.IN_USE,
-                   f"in use by {n} {noun} ({disks} disk{'' if disks == 1 else 's'})")
+    parts = []
+    if f.disks:
+        n = len(f.users)
+        noun = "instance" if n == 1 else "instances"
+        disks = len(f.disks)
+        parts.append(f"in use by {n} {noun} ({disks} disk{'' if disks == 1 else 's'})")
+    if f.seen_by:
+        first = f.seen_by[0].words()
+        more = f" and {len(f.seen_by) - 1} more" if len(f.seen_by) > 1 else ""
+        parts.append(f"{'in use: ' if not f.disks else ''}{first}{more}")
+    return _decide(f, Verdict.IN_USE, "; ".join(parts))
+
+
+def rule_sources_answered(f: Facts) -> Decision | None:
+    """A usage source that was asked and could not answer might have said 'in use' about
+    any file: keep every base nova made until it answers again."""
+    if not f.source_errors or f.base.kind not in DELETABLE_KINDS:
+        return None
+    more = f" (+{len(f.source_errors) - 1} more)" if len(f.source_errors) > 1 else ""
+    return _decide(f, Verdict.HELD, f"held: usage source failed: {f.source_errors[0]}{more}")
 
 
 def rule_hold_on_doubt(f: Facts) -> Decision | None:
@@ -168,6 +194,7 @@ def rule_minimum_age(f: Facts) -> Decision | None:
 RULES: Sequence[Rule] = (
     rule_only_nova_names,
     rule_in_use,
+    rule_sources_answered,
     rule_hold_on_doubt,
     rule_pinned,
     rule_configuration,
@@ -283,7 +310,8 @@ def decide(inventory: Inventory, config: PolicyConfig, now: float,
         held = tuple(problems[i] for i in hits)
         pin = observed.pins.match(base.name, base.kind, base.image_hash)
         facts = Facts(base, now - base.mtime, users, tuple(d.path for d in disks), held, config,
-                      pin, observed.last_used.get(base.name))
+                      pin, observed.last_used.get(base.name),
+                      tuple(observed.sightings.get(base.name, ())), observed.source_errors)
         for rule in RULES:
             decision = rule(facts)
             if decision is not None:

@@ -98,6 +98,7 @@ def plan_table(plan: Plan, console: Console) -> None:
     table.add_column("AGE", justify="right", no_wrap=True)
     table.add_column("FREES", justify="right", no_wrap=True)
     table.add_column("USERS", no_wrap=True)
+    table.add_column("SEEN BY", no_wrap=True)
     with_budget = plan.budget is not None
     if with_budget:
         table.add_column("LAST USED", justify="right", no_wrap=True)
@@ -110,6 +111,7 @@ def plan_table(plan: Plan, console: Console) -> None:
             human_age(d.age),
             human_bytes(d.frees) if d.removes else "-",
             _users_cell(d),
+            ",".join(d.sources) or "-",
         ]
         if with_budget:
             cells.append(last_used_cell(d, plan.now))
