@@ -46,21 +46,29 @@ _SIZE_SUFFIX = {
 }
 
 
-def parse_size(text: str) -> int:
-    """'50G', '500M', '1.5T', '1024' -> bytes. Binary units, as df -h and qemu-img use
-    them; 'GB' means GiB too, because operators write it meaning that."""
+def _scaled(text: str, units: dict[str, int], what: str, examples: str,
+            strip: str, default: str = "", upper: bool = False) -> float:
+    """A finite number >= 0 followed by one of `units`' suffixes, scaled by it."""
     raw = text.strip().replace(" ", "")
-    number = raw.rstrip("BbKkMmGgTtPpIi")
-    suffix = raw[len(number):].upper()
-    if suffix not in _SIZE_SUFFIX or not number:
-        raise ValueError(f"{text!r} is not a size (examples: 50G, 500M, 1.5T)")
+    raw = raw.upper() if upper else raw.lower()
+    number = raw.rstrip(strip)
+    suffix = raw[len(number):] or default
+    bad = f"{text!r} is not a {what} (examples: {examples})"
+    if suffix not in units or not number:
+        raise ValueError(bad)
     try:
         value = float(number)
     except ValueError:
-        raise ValueError(f"{text!r} is not a size (examples: 50G, 500M, 1.5T)") from None
+        raise ValueError(bad) from None
     if value < 0 or value != value or value == float("inf"):
-        raise ValueError(f"{text!r}: a size must be a finite number >= 0")
-    return int(value * _SIZE_SUFFIX[suffix])
+        raise ValueError(f"{text!r}: a {what} must be a finite number >= 0")
+    return value * units[suffix]
+
+
+def parse_size(text: str) -> int:
+    """'50G', '500M', '1.5T', '1024' -> bytes. Binary units, as df -h and qemu-img use
+    them; 'GB' means GiB too, because operators write it meaning that."""
+    return int(_scaled(text, _SIZE_SUFFIX, "size", "50G, 500M, 1.5T", "BKMGTPI", upper=True))
 
 
 def parse_percent(text: str) -> float:
@@ -80,15 +88,5 @@ _DURATION_SUFFIX = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 
 
 def parse_duration(text: str) -> float:
     """'7d', '12h', '30m', '90s', '2w', '3600' -> seconds."""
-    raw = text.strip().lower().replace(" ", "")
-    number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
-    suffix = raw[len(number):] or "s"
-    if suffix not in _DURATION_SUFFIX or not number:
-        raise ValueError(f"{text!r} is not a duration (examples: 7d, 12h, 30m)")
-    try:
-        value = float(number)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration (examples: 7d, 12h, 30m)") from None
-    if value < 0 or value != value or value == float("inf"):
-        raise ValueError(f"{text!r}: a duration must be a finite number >= 0")
-    return value * _DURATION_SUFFIX[suffix]
+    return _scaled(text, _DURATION_SUFFIX, "duration", "7d, 12h, 30m",
+                   "abcdefghijklmnopqrstuvwxyz", default="s")

@@ -69,6 +69,46 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX journal_started ON journal (started);
     CREATE INDEX journal_outcome ON journal (outcome);
     """,
+    # 2: integrity (cache verify): checksums of base files, the quarantine, known image ids
+    """
+    CREATE TABLE checksums (
+        name        TEXT NOT NULL,
+        algo        TEXT NOT NULL,
+        dev         INTEGER NOT NULL,
+        ino         INTEGER NOT NULL,
+        size        INTEGER NOT NULL,
+        mtime_ns    INTEGER NOT NULL,
+        ctime_ns    INTEGER NOT NULL,
+        value       TEXT NOT NULL,
+        verified_at REAL NOT NULL,
+        source      TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        observed    TEXT,
+        detail      TEXT NOT NULL DEFAULT '',
+        users       TEXT NOT NULL DEFAULT '[]',
+        PRIMARY KEY (name, algo)
+    );
+    CREATE TABLE quarantine (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        started     REAL NOT NULL,
+        finished    REAL,
+        name        TEXT NOT NULL,
+        path        TEXT NOT NULL,
+        target      TEXT NOT NULL,
+        dev         INTEGER NOT NULL,
+        ino         INTEGER NOT NULL,
+        bytes       INTEGER NOT NULL,
+        reason      TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        detail      TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE image_ids (
+        hash        TEXT PRIMARY KEY,
+        image_id    TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        learned_at  REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -101,9 +141,10 @@ class StateDB:
         return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def _connect(path: str, readonly: bool) -> sqlite3.Connection:
+def _connect(path: str, readonly: bool, immutable: bool = False) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS,
+        uri = f"file:{path}?mode=ro" + ("&immutable=1" if immutable else "")
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS,
                                isolation_level=None)
     else:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
@@ -151,7 +192,10 @@ def _create_file(path: str) -> None:
     """Create the folder (0750) and an empty file (0640): the database holds no secrets,
     but nothing outside the nova group needs it."""
     folder = os.path.dirname(path) or "."
-    os.makedirs(folder, mode=0o750, exist_ok=True)
+    try:
+        os.makedirs(folder, mode=0o750, exist_ok=True)
+    except FileExistsError:  # a file where the folder should be (not another run's file)
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder) from None
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o640)
     os.close(fd)
 
@@ -202,16 +246,19 @@ def _open(path: str, readonly: bool) -> StateDB:
     if not readonly and not os.path.exists(path):
         if os.path.lexists(path):
             raise NovakeeperError(ExitCode.PATH, f"state database {path} is a dangling link")
-        existed = os.path.isdir(os.path.dirname(path) or ".")
+        # We make the folder on first use. A folder that is already there either lost its
+        # database or was made for us (systemd's StateDirectory=, a package): we cannot
+        # tell, and a loss must never pass silently.
+        lost = os.path.isdir(os.path.dirname(path) or ".")
         try:
             _create_file(path)
         except FileExistsError:
             pass  # another run created it first
-        else:  # we create the folder on first use: a folder without the file lost it
-            if existed:
-                LOG.warning("No state database at %s: started a new one; last-used times "
-                            "restart from this scan (until then unused bases are ordered "
-                            "by mtime)", path)
+        else:
+            if lost:
+                LOG.warning("No state database at %s: started a new one (first run, or the "
+                            "database was lost); last-used times restart from this scan "
+                            "(until then unused bases are ordered by mtime)", path)
             else:
                 LOG.info("State database %s created", path)
     if os.path.isdir(path):
@@ -226,6 +273,16 @@ def _open(path: str, readonly: bool) -> StateDB:
         raise
     except sqlite3.DatabaseError as exc:
         conn.close()
+        if readonly and isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+            # A WAL database with no -shm file (no connection has it open) in a folder we
+            # cannot write: SQLite can only read it as immutable.
+            conn = _connect(path, readonly, immutable=True)
+            try:
+                _prepare(conn, path, readonly)
+            except BaseException:
+                conn.close()
+                raise
+            return StateDB(path, conn, writable=False)
         if readonly or (isinstance(exc, sqlite3.OperationalError) and (
                 "locked" in str(exc) or "readonly" in str(exc))):
             raise
