@@ -65,10 +65,17 @@ class Decision:
     """Which usage sources saw it in use: "disks", "open-files", "libvirt", "nova-api"."""
     seen_by: tuple[str, ...] = ()
     """What the other sources saw, in words ("open-files: pid 4242 (qemu-kvm)")."""
+    corrupt: str | None = None
+    """`cache verify` found its content does not match its checksum: why."""
 
     @property
     def removes(self) -> bool:
         return self.verdict.removes
+
+    def idle_since(self) -> float:
+        """Last evidence of use: the later of the last scan that saw it in use and its
+        mtime (nova touches in-use bases; a download sets it). Eviction order."""
+        return max(self.mtime, self.last_used if self.last_used is not None else self.mtime)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +97,7 @@ class Decision:
             "last_used": self.last_used,
             "sources": list(self.sources),
             "seen_by": list(self.seen_by),
+            "corrupt": self.corrupt,
         }
 
 
@@ -119,7 +127,11 @@ class Plan:
 
     @property
     def removals(self) -> tuple[Decision, ...]:
-        return tuple(d for d in self.decisions if d.removes)
+        """In the order `clean` carries them out: the age-based removals, then evictions
+        least recently used first, so a run cut short has evicted the right ones."""
+        return tuple(sorted((d for d in self.decisions if d.removes),
+                            key=lambda d: (d.verdict is Verdict.EVICT, d.idle_since(), d.name)
+                            if d.verdict is Verdict.EVICT else (False, 0.0, d.name)))
 
     @property
     def frees(self) -> int:

@@ -48,6 +48,8 @@ class Observed:
     """Base name -> usage sources beyond the disks that saw it in use."""
     source_errors: tuple[str, ...] = ()
     """Usage sources configured but unable to answer: every base is then kept."""
+    corrupt: Mapping[str, str] = field(default_factory=dict)
+    """Base name -> why `cache verify` found it corrupt (state database)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class Facts:
     last_used: float | None = None
     seen_by: tuple[Sighting, ...] = ()
     source_errors: tuple[str, ...] = ()
+    corrupt: str | None = None
 
 
 Rule = Callable[[Facts], Decision | None]
@@ -91,6 +94,7 @@ def _decide(f: Facts, verdict: Verdict, reason: str, min_age: float | None = Non
         sources=(("disks",) if f.disks else ()) + tuple(dict.fromkeys(
             s.source for s in f.seen_by)),
         seen_by=tuple(s.words() for s in f.seen_by),
+        corrupt=f.corrupt,
     )
 
 
@@ -115,6 +119,8 @@ def rule_in_use(f: Facts) -> Decision | None:
         first = f.seen_by[0].words()
         more = f" and {len(f.seen_by) - 1} more" if len(f.seen_by) > 1 else ""
         parts.append(f"{'in use: ' if not f.disks else ''}{first}{more}")
+    if f.corrupt:  # loud: the instances on it read bad data; never removed, never moved
+        parts.append(f"CORRUPT: {f.corrupt}")
     return _decide(f, Verdict.IN_USE, "; ".join(parts))
 
 
@@ -259,9 +265,10 @@ def rule_evict_least_recently_used(
                 kept["too young to evict"] += d.allocated
             elif f.base.nlink > 1:
                 kept["hard-linked"] += d.allocated
+            elif d.allocated == 0:
+                pass  # evicting it would free nothing
             else:
-                candidates.append((f.last_used if f.last_used is not None else f.base.mtime,
-                                   d.name, i))
+                candidates.append((_idle_since(f), d.name, i))
             continue
         kept[str(d.verdict)] += d.allocated
     evicted = by_eviction = 0
@@ -273,8 +280,11 @@ def rule_evict_least_recently_used(
                     kept["not needed"] += decisions[j].allocated
                 break
             f, d = chosen[i]
-            if f.last_used is not None:
+            if f.last_used is not None and f.last_used >= f.base.mtime:
                 when = f"last used {human_age(now - f.last_used)} ago"
+            elif f.last_used is not None:
+                when = (f"last used {human_age(now - f.last_used)} ago, touched "
+                        f"{human_age(now - f.base.mtime)} ago")
             else:
                 when = f"never seen in use, modified {human_age(now - f.base.mtime)} ago"
             reason = (f"over budget by {human_bytes(remaining)}; least recently used "
@@ -311,7 +321,8 @@ def decide(inventory: Inventory, config: PolicyConfig, now: float,
         pin = observed.pins.match(base.name, base.kind, base.image_hash)
         facts = Facts(base, now - base.mtime, users, tuple(d.path for d in disks), held, config,
                       pin, observed.last_used.get(base.name),
-                      tuple(observed.sightings.get(base.name, ())), observed.source_errors)
+                      tuple(observed.sightings.get(base.name, ())), observed.source_errors,
+                      observed.corrupt.get(base.name))
         for rule in RULES:
             decision = rule(facts)
             if decision is not None:

@@ -36,14 +36,10 @@ VERDICT_STYLE = {
 }
 
 
-def _lru_key(d: Decision) -> float:
-    return d.last_used if d.last_used is not None else d.mtime
-
-
 def sorted_decisions(plan: Plan) -> list[Decision]:
     """By verdict; evictions in the order they were chosen (least recently used first)."""
     return sorted(plan.decisions, key=lambda d: (
-        VERDICT_ORDER[d.verdict], _lru_key(d) if d.verdict is Verdict.EVICT else 0, d.name))
+        VERDICT_ORDER[d.verdict], d.idle_since() if d.verdict is Verdict.EVICT else 0, d.name))
 
 
 def last_used_cell(d: Decision, now: float) -> str:
@@ -274,6 +270,9 @@ def log_plan(plan: Plan) -> None:
     for p in plan.problems:
         LOG.warning("Problem: %s", p.line())
     for d in plan.decisions:
+        if d.corrupt and d.verdict is Verdict.IN_USE:
+            LOG.error("In-use base file is CORRUPT: %s (%s); instances at risk: %s", d.path,
+                      d.corrupt, " ".join(d.users) or "unknown")
         if d.verdict is Verdict.UNKNOWN:
             LOG.warning("Unknown base file: %s", d.path)
         elif d.verdict is Verdict.HELD:
