@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     CROSS_CHECK = 9  # --cross-check found qemu-img disagreeing with our reading
     SHORTFALL = 10  # clean finished, but the budget cannot be met: the rest is in use/pinned
     BUSY = 11  # another novakeeper run holds this cache's run lock: nothing done
+    CORRUPT = 12  # cache verify: a base's checksum does not match its record or Glance
 
 
 class NovakeeperError(Exception):

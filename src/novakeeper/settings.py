@@ -79,6 +79,9 @@ NOVAKEEPER_OPTS: list[cfg.Opt] = [
                help="Bytes (20G) or percent (10%) to keep free on the cache's file system."),
     cfg.IntOpt("eviction_min_age_seconds", default=3600, min=0,
                help="An unused base younger than this is never evicted for space."),
+    cfg.StrOpt("service_mode", default="plan", choices=["plan", "clean"],
+               help="What `cache serve` does each pass: plan (record, export metrics, "
+                    "remove nothing) or clean (remove what the plan allows)."),
     cfg.IntOpt("trash_grace_seconds", default=0, min=0,
                help="0: remove at once. Otherwise removed bases wait this long in "
                     "_base/.novakeeper-trash, from where `cache restore` puts one back."),
@@ -97,6 +100,15 @@ NOVAKEEPER_OPTS: list[cfg.Opt] = [
                 help="Glance image ids whose bases are never removed."),
     cfg.ListOpt("pinned_files", default=[],
                 help="Glob patterns of cache file names that are never removed."),
+    cfg.StrOpt("verify_algorithm", default="sha256", choices=["sha256", "sha512", "md5"],
+               help="Checksum `cache verify` records (md5/sha512 match Glance's checksum "
+                    "and os_hash_value; Glance's own algorithm is added when comparing)."),
+    cfg.FloatOpt("verify_rate_limit", default=0.0, min=0,
+                 help="MB/s (MiB) verification may read, so it never starves running "
+                      "instances of disk I/O; 0: unlimited."),
+    cfg.IntOpt("verify_files_per_pass", default=2, min=0,
+               help="Base files the service verifies each pass, least recently verified "
+                    "first; 0: none."),
 ]
 
 LIBVIRT_OPTS: list[cfg.Opt] = [
@@ -125,11 +137,16 @@ class Settings:
     config_files: tuple[str, ...]
     state_path: str = DEFAULT_STATE_PATH
     lock_wait_seconds: float = 5.0
+    service_mode: str = "plan"
     usage_sources: tuple[str, ...] = ("open-files",)
     libvirt_uri: str = "qemu:///system"
     nova_api_cloud: str | None = None
     pins: tuple[pins.Pin, ...] = ()
     """Pins from the configuration; the state database holds the others."""
+    verify_algorithm: str = "sha256"
+    verify_rate_limit: float = 0.0
+    """MiB/s; 0: unlimited."""
+    verify_files_per_pass: int = 2
 
     @property
     def cache_path(self) -> str:
@@ -279,10 +296,14 @@ def load(
         config_files=tuple(files),
         state_path=os.path.abspath(state_path),
         lock_wait_seconds=nk["lock_wait_seconds"],
+        service_mode=nk["service_mode"],
         usage_sources=tuple(dict.fromkeys(nk["usage_sources"])),
         libvirt_uri=_libvirt_uri(values["libvirt"]),
         nova_api_cloud=nk["nova_api_cloud"] or None,
         pins=tuple(config_pins),
+        verify_algorithm=nk["verify_algorithm"],
+        verify_rate_limit=float(nk["verify_rate_limit"]),
+        verify_files_per_pass=nk["verify_files_per_pass"],
     )
 
 

@@ -18,6 +18,7 @@ from enum import StrEnum
 
 from novakeeper.cache.layout import (
     ALL_KINDS,
+    QUARANTINE_NAME,
     RUN_LOCK_NAME,
     TRASH_NAME,
     BaseKind,
@@ -192,8 +193,8 @@ def scan_cache(cache_path: str) -> list[BaseFile]:
         except OSError:
             st = None
         name = entry.name
-        if name in (RUN_LOCK_NAME, TRASH_NAME):
-            continue  # novakeeper's own run lock and trash, not cache files
+        if name in (RUN_LOCK_NAME, TRASH_NAME, QUARANTINE_NAME):
+            continue  # novakeeper's own run lock, trash and quarantine, not cache files
         if st is None:
             bases.append(BaseFile(name, entry.path, BaseKind.SPECIAL, None, None,
                                   0, 0, 0.0, 0, 0, 0))

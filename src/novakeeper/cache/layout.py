@@ -32,6 +32,7 @@ class BaseKind(StrEnum):
 # and never cache files to our scan.
 RUN_LOCK_NAME = ".novakeeper-run.lock"
 TRASH_NAME = ".novakeeper-trash"
+QUARANTINE_NAME = ".novakeeper-quarantine"  # corrupt bases `cache verify` moved aside
 
 ROOT_KINDS = frozenset({BaseKind.ORIGINAL, BaseKind.RESIZED})
 ALL_KINDS = frozenset(BaseKind)

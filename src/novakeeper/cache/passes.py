@@ -22,6 +22,7 @@ from novakeeper.cache.policy import Observed, decide
 from novakeeper.cache.storage import read_registry
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.images import crosscheck
+from novakeeper.integrity import state as integrity_state
 from novakeeper.settings import Settings
 from novakeeper.state import journal, pins, usage
 from novakeeper.state.db import StateDB, open_state
@@ -133,6 +134,7 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
     reconciled: list[journal.JournalEntry] = []
     records: dict[str, usage.UsageRecord] = {}
     db_pins: list[pins.Pin] = []
+    corrupt: dict[str, str] = {}
     if state is not None:
         try:
             if state.writable:
@@ -143,6 +145,8 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
                 notes.append(f"state database {state.path} is read-only for this user: "
                              "this scan's usage was not recorded")
             db_pins = pins.load(state)
+            names = {b.name for b in inventory.bases}
+            corrupt = {c.name: c.detail for c in integrity_state.corrupt(state, names)}
         except sqlite3.Error as exc:
             note = f"state database {state.path}: {exc}; planning without it"
             LOG.warning("%s", note)
@@ -154,7 +158,7 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
     observed = Observed(fs=fs, fs_error=fs_error, last_used=usage.last_used_map(records),
                         pins=pins.Pins(tuple(settings.pins) + tuple(db_pins)),
                         notes=tuple(notes), sightings=used.sightings,
-                        source_errors=tuple(used.errors))
+                        source_errors=tuple(used.errors), corrupt=corrupt)
     return observed, reconciled
 
 
@@ -179,14 +183,21 @@ def ignore_unreadable(inventory: Inventory, notes: list[str]) -> Inventory:
 
 def plan_pass(settings: Settings, now: float | None = None, check: bool = False,
               write_state: bool = False, use_state: bool = True,
-              accept_unreadable: bool = False) -> Pass:
+              accept_unreadable: bool = False, scanner: Scanner | None = None) -> Pass:
     """Scan, observe, decide. write_state=True (clean) makes an unusable state database
-    an error; otherwise the plan goes on without it and says so."""
+    an error; otherwise the plan goes on without it and says so. `scanner`: the previous
+    pass's, so an unchanged node costs only the stats that prove it unchanged."""
     notes: list[str] = []
-    scanner = Scanner(settings.instances_path, settings.subdirectory_name,
-                      spawn_window=settings.policy.stale_partial_seconds)
-    with _cyclic_gc_paused():
-        inventory = scanner.scan()
+    if scanner is None or (scanner.instances_path, scanner.cache_name) != (
+            settings.instances_path, settings.subdirectory_name):
+        scanner = Scanner(settings.instances_path, settings.subdirectory_name,
+                          spawn_window=settings.policy.stale_partial_seconds)
+        with _cyclic_gc_paused():
+            inventory = scanner.scan(now)
+    else:  # the service's next pass: rescan only what changed since the last one
+        scanner.spawn_window = settings.policy.stale_partial_seconds
+        with _cyclic_gc_paused():
+            inventory = scanner.refresh_at(now)
     disagreements = 0
     if check:
         extra = cross_check(inventory)
