@@ -1,0 +1,1 @@
+"""`novakeeper cache serve`: periodic passes, systemd integration, Prometheus metrics."""
