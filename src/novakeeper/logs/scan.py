@@ -1,0 +1,475 @@
+"""Finding needles in big log files fast: the engine under `trace` and `diagnose`.
+
+Lines are never parsed one by one. A file is read in chunks of `CHUNK` bytes into one
+reused buffer; `bytes.find` (or, for many request ids, one compiled regex) locates hits in
+the whole chunk at C speed, and only then is the record around a hit cut out
+(`records.record_bounds`) and handed back. The last, possibly unfinished, record of a
+chunk is carried over to the next one, so a record is never split (unless it is longer
+than a chunk) and never searched twice. Memory is the buffer plus the hits, whatever the
+size of the logs.
+
+Big plain files are cut into segments at record starts and, like gzip files (which can
+only be read from their beginning), handed to worker processes, one per CPU by default.
+A `--since/--until` window is found in plain files by bisection on their timestamps, so
+the bytes outside it are not read; a gzip file is read up to the window's end.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import itertools
+import multiprocessing
+import os
+import re
+import time
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+from novakeeper.logs import records
+from novakeeper.logs.reader import open_source
+from novakeeper.logs.sources import LogFile
+from novakeeper.logs.window import ALL_TIMES, Window
+
+CHUNK = 8 << 20  # bytes read at a time; the buffer holds up to two of them
+MAX_HIT_BYTES = 256 << 10  # a record longer than this is cut (its matches are kept)
+FIND_LIMIT = 2  # up to this many literals: one bytes.find pass each; more: one regex
+GZIP_COST = 8  # reading a gzip byte costs about this many plain bytes (zlib inflate)
+MIN_SEGMENT = 16 << 20  # plain files are cut into segments no smaller than this
+PARALLEL_MIN = 48 << 20  # below this much work, worker processes cost more than they save
+WINDOW_SLACK = timedelta(minutes=2)  # lines in a file may be this much out of order
+_REGEX_OVERLAP = 4096  # longest match a pattern may have, for giant lines cut mid-way
+
+
+@dataclass(frozen=True)
+class Needles:
+    """What to look for: literal byte strings, and regexes (each match within one line)."""
+
+    literals: tuple[bytes, ...] = ()
+    patterns: tuple[bytes, ...] = ()
+
+    @property
+    def overlap(self) -> int:
+        longest = max((len(x) for x in self.literals), default=0)
+        return max(longest, _REGEX_OVERLAP if self.patterns else 0)
+
+
+@dataclass(frozen=True)
+class Task:
+    file: int
+    path: str
+    compressed: bool
+    tz: timezone
+    start: int = 0  # plain files: byte range; gzip files are read whole
+    end: int | None = None
+    window: Window = ALL_TIMES
+    count_lines: bool = False
+
+
+@dataclass
+class RawHit:
+    offset: int  # of the record's first byte in the (uncompressed) file
+    data: bytes
+    matched: set[bytes] = field(default_factory=set)
+    line: int | None = None  # 1-based, when lines were counted
+
+
+@dataclass
+class TaskResult:
+    file: int
+    start: int
+    hits: list[RawHit] = field(default_factory=list)
+    problem: str | None = None
+    read: int = 0  # bytes of log data looked at
+    first: bytes | None = None  # first and last timestamps seen
+    last: bytes | None = None
+
+
+@dataclass
+class ScanResult:
+    hits: list[tuple[int, RawHit]] = field(default_factory=list)  # (file index, hit)
+    problems: dict[int, str] = field(default_factory=dict)
+    spans: dict[int, tuple[bytes | None, bytes | None]] = field(default_factory=dict)
+    read: int = 0
+    seconds: float = 0.0
+    tasks: int = 0
+    workers: int = 1
+
+
+_Trie = dict[int, "_Trie"]
+
+
+def _alternation(words: Sequence[bytes]) -> bytes:
+    """A regex matching any of `words`, as a trie, so each position is tried once."""
+    trie: _Trie = {}
+    for w in words:
+        node = trie
+        for byte in w:
+            node = node.setdefault(byte, {})
+        node[-1] = {}
+
+    def emit(node: _Trie) -> bytes:
+        alts = [b"" if k == -1 else re.escape(bytes([k])) + emit(v)
+                for k, v in sorted(node.items())]
+        if len(alts) == 1:
+            return alts[0]
+        return b"(?:" + b"|".join(alts) + b")"
+
+    return emit(trie)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(needles: Needles) -> tuple[re.Pattern[bytes] | None, list[re.Pattern[bytes]]]:
+    """One trie regex for many literals with a common prefix (request ids: `req-`), where
+    the regex engine skips to the prefix and settles each candidate in a few steps; else
+    one bytes.find pass per literal, which beats a regex whose every position could
+    start a match."""
+    lits = sorted(set(needles.literals))
+    shared = 0
+    if lits:  # sorted: the first and the last share what they all share
+        pairs = zip(lits[0], lits[-1], strict=False)
+        shared = next((i for i, (a, b) in enumerate(pairs) if a != b),
+                      min(len(lits[0]), len(lits[-1])))
+    many = re.compile(_alternation(lits)) if len(lits) > FIND_LIMIT and shared >= 4 else None
+    return many, [re.compile(p) for p in needles.patterns]
+
+
+def _positions(buf: bytearray, needles: Needles, hi: int, limit: int) -> list[tuple[int, bytes]]:
+    """Every (position, matched bytes) in buf[:hi] with position < limit."""
+    found: list[tuple[int, bytes]] = []
+    many, patterns = _compiled(needles)
+    if many is None:
+        for literal in needles.literals:
+            i = buf.find(literal, 0, hi)
+            while 0 <= i < limit:
+                found.append((i, literal))
+                i = buf.find(literal, i + 1, hi)
+    else:
+        for m in many.finditer(buf, 0, hi):
+            if m.start() >= limit:
+                break
+            found.append((m.start(), m.group(0)))
+    for rx in patterns:
+        for m in rx.finditer(buf, 0, hi):
+            if m.start() >= limit:
+                break
+            found.append((m.start(), rx.pattern))
+    found.sort()
+    return found
+
+
+_BUFFER = bytearray()
+
+
+def _buffer(size: int) -> bytearray:
+    """The process's one read buffer, made once: zero-filling 16 MiB for every small file
+    would cost more than searching it."""
+    global _BUFFER
+    if len(_BUFFER) < size:
+        _BUFFER = bytearray(size)
+    return _BUFFER
+
+
+def _when(stamp: bytes | None, tz: timezone) -> datetime | None:
+    return records.parse_stamp(stamp, tz) if stamp else None
+
+
+def scan_task(task: Task, needles: Needles) -> TaskResult:
+    """Search one file (or one segment of a plain file). Runs in a worker process."""
+    result = TaskResult(task.file, task.start)
+    try:
+        src = open_source(task.path, task.compressed, task.start, task.end)
+    except OSError as exc:
+        result.problem = "permission denied" if isinstance(exc, PermissionError) else (
+            exc.strerror or str(exc))
+        return result
+    since = task.window.since - WINDOW_SLACK if task.window.since else None
+    until = task.window.until + WINDOW_SLACK if task.window.until else None
+    cap = 2 * CHUNK
+    buf = _buffer(cap)
+    view = memoryview(buf)[:cap]
+    fill = 0
+    base = task.start  # file offset of buf[0]
+    line_no = 1 if task.start == 0 else None  # counted only from a file's start
+    eof = False
+    try:
+        while not eof:
+            target = min(cap, fill + CHUNK)
+            while fill < target:
+                n = src.readinto(view[fill:target])
+                if n == 0:
+                    eof = True
+                    break
+                fill += n
+            cut = _cut(buf, fill, eof, needles.overlap)
+            if cut == 0:
+                continue  # one unfinished record so far: read on
+            region_first = records.first_stamp(buf, 0, cut)
+            region_last = records.last_stamp(buf, 0, cut)
+            if result.first is None:
+                result.first = region_first
+            result.last = region_last or result.last
+            skip = False
+            if until is not None and (t := _when(region_first, task.tz)) and t > until:
+                eof = True  # past the window: the rest of the file is later still
+                skip = True
+            if since is not None and (t := _when(region_last, task.tz)) and t < since:
+                skip = True
+            if not skip:
+                _collect(buf, cut, fill, needles, base, line_no if task.count_lines else None,
+                         result.hits)
+            if line_no is not None and task.count_lines:
+                line_no += buf.count(b"\n", 0, cut)
+            result.read += cut
+            carry = fill - cut
+            buf[:carry] = buf[cut:fill]
+            fill = carry
+            base += cut
+    finally:
+        src.close()
+    result.problem = src.problem
+    return result
+
+
+def _cut(buf: bytearray, fill: int, eof: bool, overlap: int) -> int:
+    """Records in buf[:cut] are done with now; buf[cut:fill] is carried over to the next
+    chunk. The cut falls at the start of the last record, which may not be finished,
+    unless that would carry more than a chunk (a giant record or line): then at the last
+    line end, or inside a line longer than a chunk. 0: read on before searching."""
+    if eof:
+        return fill
+    complete = buf.rfind(b"\n", 0, fill) + 1
+    start = records.last_record_start(buf, 0, complete) if complete else None
+    if start is not None and start > 0 and fill - start <= CHUNK:
+        return start
+    if start == 0 and fill <= CHUNK:
+        return 0
+    if complete > 0 and fill - complete <= CHUNK:
+        return complete
+    return max(1, fill - overlap)
+
+
+def _collect(buf: bytearray, cut: int, fill: int, needles: Needles, base: int,
+             line_no: int | None, out: list[RawHit]) -> None:
+    """The records around every match that starts in buf[:cut], merged per record."""
+    positions = _positions(buf, needles, min(fill, cut + needles.overlap), cut)
+    current: RawHit | None = None
+    cur_end = -1
+    counted_to, lines = 0, line_no
+    for pos, matched in positions:
+        if current is not None and pos < cur_end:
+            current.matched.add(matched)
+            continue
+        start, end = records.record_bounds(buf, pos, 0, cut)
+        if current is not None and start < cur_end:  # inside the last one after all
+            current.matched.add(matched)
+            continue
+        number = None
+        if lines is not None:
+            lines += buf.count(b"\n", counted_to, start)
+            counted_to = start
+            number = lines
+        data = bytes(buf[start:min(end, start + MAX_HIT_BYTES)])
+        current = RawHit(base + start, data, {matched}, number)
+        cur_end = end
+        out.append(current)
+
+
+def _bisect_time(path: str, size: int, when: datetime, tz: timezone, lower: bool) -> int:
+    """A byte offset in a plain, time-ordered file: for `lower`, one at or before the first
+    line at `when`; otherwise one at or after the last line at `when`. Unreadable or
+    undated probes move the bound outwards, never inwards."""
+    lo, hi = 0, size
+    probe = 64 << 10
+    try:
+        with open(path, "rb") as f:
+            while hi - lo > probe:
+                mid = (lo + hi) // 2
+                f.seek(mid)
+                data = f.read(probe)
+                nl = data.find(b"\n")
+                stamp = records.first_stamp(data, nl + 1, len(data)) if nl >= 0 else None
+                t = _when(stamp, tz)
+                if t is None:
+                    if lower:
+                        hi = mid
+                    else:
+                        lo = mid
+                elif t < when:
+                    lo = mid
+                else:
+                    hi = mid
+    except OSError:
+        return 0 if lower else size
+    return lo if lower else min(size, hi + probe)
+
+
+def _align(path: str, pos: int, size: int) -> int:
+    """The first record start at or after `pos`: where a segment may begin. Two workers
+    asking about the same `pos` get the same answer, so segments meet exactly."""
+    if pos <= 0:
+        return 0
+    if pos >= size:
+        return size
+    back = min(pos, 64 << 10)
+    try:
+        with open(path, "rb") as f:
+            f.seek(pos - back)
+            data = f.read(back + (1 << 20))
+    except OSError:
+        return pos
+    i = data.rfind(b"\n", 0, back) + 1 if back else 0
+    hi = len(data)
+    first_line = None
+    while i < hi:
+        if i >= back:
+            if first_line is None:
+                first_line = i
+            if records.is_record_start(data, i, 0, hi):
+                return pos - back + i
+        nl = data.find(b"\n", i, hi)
+        if nl < 0:
+            break
+        i = nl + 1
+    return pos - back + first_line if first_line is not None else min(size, pos + len(data))
+
+
+def plan_tasks(files: Sequence[LogFile], window: Window, jobs: int,
+               count_lines: bool = False) -> list[Task]:
+    """Tasks, costliest first: gzip files whole, plain files in segments when parallel,
+    small enough that workers finish together."""
+    total = sum(f.work * (GZIP_COST if f.compressed else 1) for f in files)
+    segment = max(MIN_SEGMENT, total // max(1, jobs * 8)) if jobs > 1 else 0
+    tasks: list[Task] = []
+    for f in files:
+        if f.compressed:
+            tasks.append(Task(f.index, f.path, True, f.tz, window=window,
+                              count_lines=count_lines))
+            continue
+        lo, hi = 0, f.size
+        if window.since is not None:
+            lo = _bisect_time(f.path, f.size, window.since - WINDOW_SLACK, f.tz, lower=True)
+        if window.until is not None:
+            hi = _bisect_time(f.path, f.size, window.until + WINDOW_SLACK, f.tz, lower=False)
+        lo = _align(f.path, lo, f.size)
+        hi = _align(f.path, hi, f.size) if hi < f.size else f.size
+        if hi <= lo:
+            continue
+        if count_lines or not segment or hi - lo <= segment * 3 // 2:
+            tasks.append(Task(f.index, f.path, False, f.tz, lo, hi, window, count_lines))
+            continue
+        cuts = [lo] + [_align(f.path, p, f.size) for p in range(lo + segment, hi, segment)]
+        cuts = [*sorted({c for c in cuts if lo <= c < hi}), hi]
+        tasks.extend(Task(f.index, f.path, False, f.tz, a, b, window)
+                     for a, b in itertools.pairwise(cuts) if b > a)
+    work = {f.index: f.work * GZIP_COST for f in files}
+    return sorted(tasks, key=lambda t: -(work[t.file] if t.end is None else t.end - t.start))
+
+
+class Scanner:
+    """Runs searches over one set of files; the worker processes live as long as it."""
+
+    def __init__(self, files: Sequence[LogFile], window: Window = ALL_TIMES,
+                 jobs: int | None = None, count_lines: bool = False,
+                 parallel_min: int | None = None) -> None:
+        self.files = list(files)
+        self.window = window
+        work = sum(f.work for f in self.files)
+        wanted = jobs if jobs is not None else (os.cpu_count() or 1)
+        floor = PARALLEL_MIN if parallel_min is None else parallel_min
+        self.jobs = max(1, min(wanted, 32)) if work >= floor else 1
+        self.tasks = plan_tasks(self.files, window, self.jobs, count_lines)
+        self.jobs = min(self.jobs, max(1, len(self.tasks)))
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Scanner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def _results(self, needles: Needles, tasks: list[Task]) -> Iterable[TaskResult]:
+        if self.jobs == 1 or len(tasks) == 1:
+            return (scan_task(t, needles) for t in tasks)
+        if self._pool is None:
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                self.jobs, mp_context=multiprocessing.get_context("fork"))
+        return self._pool.map(scan_task, tasks, [needles] * len(tasks))
+
+    def run(self, needles: Needles, only: Collection[int] | None = None) -> ScanResult:
+        """One pass over the files (or the files whose index is in `only`)."""
+        started = time.perf_counter()
+        tasks = self.tasks if only is None else [t for t in self.tasks if t.file in only]
+        out = ScanResult(tasks=len(tasks), workers=self.jobs)
+        if not needles.literals and not needles.patterns:
+            return out
+        spans: dict[int, list[tuple[int, bytes | None, bytes | None]]] = {}
+        for r in self._results(needles, tasks):
+            out.read += r.read
+            out.hits.extend((r.file, h) for h in r.hits)
+            if r.problem and r.file not in out.problems:
+                out.problems[r.file] = r.problem
+            spans.setdefault(r.file, []).append((r.start, r.first, r.last))
+        for index, parts in spans.items():
+            parts.sort(key=lambda p: p[0])
+            firsts = [p[1] for p in parts if p[1]]
+            lasts = [p[2] for p in parts if p[2]]
+            out.spans[index] = (firsts[0] if firsts else None, lasts[-1] if lasts else None)
+        out.hits.sort(key=lambda fh: (fh[0], fh[1].offset))
+        out.seconds = time.perf_counter() - started
+        return out
+
+
+def activity_around(f: LogFile, when: datetime) -> tuple[datetime | None, datetime | None]:
+    """(time of the last line at or before `when`, time of the first line after it) in one
+    file: how long a service had been quiet before a failure, and whether it spoke again.
+    Plain files start reading just before `when` (bisection); gzip files are read from
+    their start, parsing one timestamp per chunk until the chunk that holds `when`."""
+    start = 0
+    if not f.compressed:
+        start = _align(f.path, _bisect_time(f.path, f.size, when, f.tz, lower=True), f.size)
+    try:
+        src = open_source(f.path, f.compressed, start)
+    except OSError:
+        return None, None
+    before: datetime | None = None
+    buf = _buffer(CHUNK)
+    view = memoryview(buf)[:CHUNK]
+    fill = 0
+    try:
+        while True:
+            n = src.readinto(view[fill:])
+            if n == 0 and fill == 0:
+                return before, None
+            fill += n
+            complete = fill if n == 0 else buf.rfind(b"\n", 0, fill) + 1
+            if complete == 0:  # a line longer than the buffer: drop it
+                fill = 0
+                continue
+            last = _when(records.last_stamp(buf, 0, complete), f.tz)
+            if last is not None and last <= when:
+                before = last
+            else:
+                pos = 0
+                while pos < complete:
+                    end = buf.find(b"\n", pos, complete)
+                    end = complete if end < 0 else end
+                    t = _when(records.line_stamp(buf, pos, end), f.tz)
+                    if t is not None:
+                        if t > when:
+                            return before, t
+                        before = t
+                    pos = end + 1
+            carry = fill - complete
+            buf[:carry] = buf[complete:fill]
+            fill = carry
+            if n == 0:
+                return before, None
+    finally:
+        src.close()
