@@ -266,8 +266,8 @@ def _problem_for_chain(chain: Chain, path: str, instance: str | None,
         detail += f" ({chain.detail})"
     # Every file of a looping chain was seen: nothing unknown lies beyond it.
     kinds = frozenset() if chain.broken is Break.LOOP else could_use
-    return Problem(ProblemCode.CHAIN_BROKEN, path, detail, instance, kinds,
-                   frozenset({os.path.basename(chain.broken_at)}))
+    names = {os.path.basename(chain.broken_at)} | {os.path.basename(p) for p in chain.also}
+    return Problem(ProblemCode.CHAIN_BROKEN, path, detail, instance, kinds, frozenset(names))
 
 
 def _chained_disk(path: str, instance: str, kind: FolderKind, info: ImageInfo,

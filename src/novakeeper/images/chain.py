@@ -44,8 +44,11 @@ class Chain:
     """Backing files, nearest first; the disk itself is not included."""
     broken: Break | None = None
     broken_at: str | None = None
-    """The path at which following stopped."""
+    """The path at which following stopped (or the image whose header left doubt)."""
     detail: str | None = None
+    also: tuple[str, ...] = ()
+    """Paths the chain reads that could not be probed (an external data file, a backing
+    file past a doubt): whatever cache file bears their names must be kept."""
 
     @property
     def complete(self) -> bool:
@@ -87,19 +90,46 @@ def _own_break(info: ImageInfo) -> tuple[Break, str] | None:
 
 
 def follow(disk: ImageInfo, prober: Prober, max_depth: int = MAX_CHAIN_DEPTH) -> Chain:
-    """Follow the backing chain of an already-probed disk."""
+    """Follow the backing chain of an already-probed disk.
+
+    An image that leaves doubt (an external data file, unknown incompatible feature bits)
+    makes the chain incomplete, but following goes on past it: its data file and its
+    backing files are read as far as they can be, so that every cache file the disk may
+    use is protected by identity, not only by its class."""
     links: list[ImageInfo] = []
     seen = {(disk.dev, disk.ino)}
     current = disk
+    doubt: tuple[Break, str, str] | None = None
+    also: list[str] = []
+
+    def done(broken: Break | None = None, at: str | None = None,
+             detail: str | None = None) -> Chain:
+        if doubt is not None:  # the first doubt is the reason; later breaks add names
+            if at is not None:
+                also.append(at)
+            return Chain(tuple(links), doubt[0], doubt[1], doubt[2], tuple(also))
+        return Chain(tuple(links), broken, at, detail, tuple(also))
+
     while True:
         own = _own_break(current)
         if own is not None:
-            return Chain(tuple(links), own[0], current.path, own[1])
+            if own[0] is Break.OPAQUE:
+                return done(own[0], current.path, own[1])
+            if doubt is None:
+                doubt = (own[0], current.path, own[1])
+            if current.data_file is not None:
+                try:
+                    data = prober(resolve_backing(current.path, current.data_file))
+                except (ProbeError, ValueError):
+                    also.append(resolve_backing(current.path, current.data_file))
+                else:
+                    if (data.dev, data.ino) not in seen:
+                        seen.add((data.dev, data.ino))
+                        links.append(data)
         if current.backing_file is None or current.format is not ImageFormat.QCOW2:
-            return Chain(tuple(links))
+            return done()
         if len(links) >= max_depth:
-            return Chain(tuple(links), Break.TOO_LONG, current.path,
-                         f"more than {max_depth} backing files")
+            return done(Break.TOO_LONG, current.path, f"more than {max_depth} backing files")
         path = resolve_backing(current.path, current.backing_file)
         try:
             nxt = prober(path)
@@ -109,12 +139,12 @@ def follow(disk: ImageInfo, prober: Prober, max_depth: int = MAX_CHAIN_DEPTH) ->
                 ProbeErrorKind.TRUNCATED: Break.CORRUPT,
                 ProbeErrorKind.CORRUPT: Break.CORRUPT,
             }.get(exc.kind, Break.UNREADABLE)
-            return Chain(tuple(links), kind, path, exc.detail)
+            return done(kind, path, exc.detail)
         except ValueError as exc:  # e.g. an embedded NUL that slipped through
-            return Chain(tuple(links), Break.CORRUPT, path, str(exc))
+            return done(Break.CORRUPT, path, str(exc))
         key = (nxt.dev, nxt.ino)
         if key in seen:
-            return Chain(tuple(links), Break.LOOP, path, "backing file already in chain")
+            return done(Break.LOOP, path, "backing file already in chain")
         seen.add(key)
         links.append(nxt)
         current = nxt
