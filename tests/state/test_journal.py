@@ -178,17 +178,18 @@ CRASHING_CLEAN = textwrap.dedent("""
     from novakeeper import cli
 
     target, when = sys.argv[1], sys.argv[2]
-    real_unlink = os.unlink
+    real_rename = os.rename
 
-    def unlink(path, *args, **kwargs):
-        if os.path.basename(os.fspath(path)) != target:
-            return real_unlink(path, *args, **kwargs)
+    # the removal's decisive step: the rename aside into the trash (the unlink follows)
+    def rename(src, dst, *args, **kwargs):
+        if os.path.basename(os.fspath(src)) != target:
+            return real_rename(src, dst, *args, **kwargs)
         if when == "after":
-            real_unlink(path, *args, **kwargs)
+            real_rename(src, dst, *args, **kwargs)
         print("AT-UNLINK", flush=True)
         sys.stdin.read()  # held here until SIGKILL
 
-    os.unlink = unlink
+    os.rename = rename
     cli.main(sys.argv[3:])
 """)
 
@@ -258,11 +259,16 @@ def test_sigkill_between_the_two_records_is_visible_then_settled(
     assert settled["id"] == entry["id"]
     assert settled["outcome"] == outcome
     assert settled["finished"] is not None
-    assert settled["bytes"] == (allocated if gone else 0)
+    # renamed aside, not yet unlinked: its bytes are counted when the trash frees them
+    assert settled["bytes"] == 0
     text = run_cli(*node, "cache", "history")
     assert outcome in text.stdout
-    freed = human_bytes(allocated if gone else 0)
-    assert text.stdout.rstrip().endswith(f"1 entries; {freed} freed")
+    assert text.stdout.rstrip().endswith("1 entries; 0 B freed")
+    if gone:  # the next clean unlinks it from the trash and counts it then
+        assert run_cli(*node, "cache", "clean", "--yes").returncode == 0
+        rows = history_json(node)
+        assert [(e["outcome"], e["bytes"]) for e in rows] == [
+            (outcome, 0), ("purged", allocated)]
 
 
 def test_after_a_crash_before_the_unlink_the_next_clean_removes_the_file(node, tmp_path):

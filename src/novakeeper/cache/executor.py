@@ -11,12 +11,14 @@ After a removal it drops the lock file, as nova's manager does.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import sqlite3
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -24,7 +26,7 @@ from novakeeper.cache.inventory import Inventory, Scanner
 from novakeeper.cache.layout import TRASH_NAME
 from novakeeper.cache.locks import NovaLocks, nova_lock_dir
 from novakeeper.cache.plan import Decision, Plan, Verdict
-from novakeeper.cache.trash import move_in, open_trash
+from novakeeper.cache.trash import move_in, open_trash, restore
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.state.journal import Entry, Journal
 
@@ -118,6 +120,10 @@ class Executor:
         self.fresh_sibling_seconds = fresh_sibling_seconds
         self.trash_grace = trash_grace
         self.trash_fd: int | None = None
+        self.staging_fd: int | None = None
+        """The trash folder used only to rename a file aside before its unlink."""
+        self.should_stop: Callable[[], bool] | None = None
+        """Asked before each removal (the service's SIGTERM): stop between removals."""
 
     def run(self) -> Report:
         report = Report()
@@ -132,15 +138,23 @@ class Executor:
                         f"{TRASH_NAME}: {exc.strerror}; nothing removed") from None
             report.outcomes.extend(self._purge_trash())
             for decision in self.plan.removals:
+                if self.should_stop is not None and self.should_stop():
+                    LOG.info("Stopping between removals: %d of %d done",
+                             len(report.outcomes), len(self.plan.removals))
+                    break
                 report.outcomes.append(self._remove_one(fd, decision))
             # After the removals: touching changes the bases' ctime, which would make every
             # re-check above rescan every folder whose chain reaches a touched base.
             if self.touch_in_use:
                 report.touched = self._touch_in_use(fd)
         finally:
-            if self.trash_fd is not None:
-                os.close(self.trash_fd)
-                self.trash_fd = None
+            for extra in (self.trash_fd, self.staging_fd):
+                if extra is not None:
+                    os.close(extra)
+            if self.trash_grace <= 0:  # only a staging area: leave no empty folder
+                with contextlib.suppress(OSError):
+                    os.rmdir(TRASH_NAME, dir_fd=fd)
+            self.trash_fd = self.staging_fd = None
             os.close(fd)
         return report
 
@@ -268,22 +282,65 @@ class Executor:
         LOG.info("Removing base file: %s", d.path,
                  extra={"data": {"event": "remove", "file": d.path, "kind": str(d.kind),
                                  "verdict": str(d.verdict), "reason": d.reason,
-                                 "frees": freed, "trash": self.trash_fd is not None}})
-        try:
-            if self.trash_fd is not None:
-                older = move_in(fd, self.trash_fd, d.name)  # freed when the grace ends
-                outcome = Outcome(d.name, d.path, Action.TRASHED, d.reason, older)
-            else:
-                os.unlink(d.name, dir_fd=fd)
-                outcome = Outcome(d.name, d.path, Action.REMOVED, d.reason, freed)
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                outcome = Outcome(d.name, d.path, Action.SKIPPED, "already gone")
-            else:
-                LOG.error("Failed to remove %s, error was %s", d.path, exc)
-                outcome = Outcome(d.name, d.path, Action.FAILED, exc.strerror or str(exc))
+                                 "frees": freed, "trash": self.trash_grace > 0}})
+        outcome = self._dispose(fd, d, freed)
         self._journal_end(entry, outcome)
         return outcome
+
+    def _staging(self, fd: int) -> int:
+        if self.trash_fd is not None:
+            return self.trash_fd
+        if self.staging_fd is None:
+            self.staging_fd = open_trash(fd, create=True)
+            assert self.staging_fd is not None
+        return self.staging_fd
+
+    def _dispose(self, fd: int, d: Decision, freed: int) -> Outcome:
+        """Rename the file aside, look once more, then unlink it (or leave it in the trash).
+
+        Nova 34's Qcow2.create_image checks `os.path.exists(base)` without the lock and, if
+        the base is there, only takes the lock later to create the disk on it. A spawn
+        that looked between our last check and the removal would lose its base. After the
+        rename it can no longer see the file (it will fetch it again), and a spawn that
+        looked before the rename has its instance folder by then: the rescan shows it as a
+        spawning hold (or a chain that now misses this name), and the file goes back."""
+        try:
+            staging = self._staging(fd)
+            older = move_in(fd, staging, d.name)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return Outcome(d.name, d.path, Action.SKIPPED, "already gone")
+            LOG.error("Failed to remove %s, error was %s", d.path, exc)
+            return Outcome(d.name, d.path, Action.FAILED, exc.strerror or str(exc))
+        try:
+            why = self._held_now(d)
+        except NovakeeperError as exc:
+            why = f"re-check failed: {exc.message}"
+        if why is not None:
+            try:
+                restore(fd, staging, d.name)
+            except OSError as exc:  # nobody can create the name while we hold nova's lock
+                LOG.error("Could not put %s back from %s: %s", d.path, TRASH_NAME, exc)
+                return Outcome(d.name, d.path, Action.FAILED,
+                               f"{why}; putting it back failed: {exc.strerror}")
+            LOG.info("Put back %s: %s", d.path, why)
+            return Outcome(d.name, d.path, Action.SKIPPED, f"put back: {why}", older)
+        if self.trash_grace > 0:
+            return Outcome(d.name, d.path, Action.TRASHED, d.reason, older)
+        try:
+            os.unlink(d.name, dir_fd=staging)
+        except OSError as exc:
+            LOG.error("Failed to remove %s, error was %s", d.path, exc)
+            return Outcome(d.name, d.path, Action.FAILED, exc.strerror or str(exc))
+        return Outcome(d.name, d.path, Action.REMOVED, d.reason, freed + older)
+
+    def _held_now(self, d: Decision) -> str | None:
+        """With the file renamed aside: does anything on the node now hold it?"""
+        inventory = self.scanner.refresh()
+        for problem in inventory.problems:
+            if problem.holds(d.kind, d.name):
+                return f"{problem.code} at {problem.path} appeared during the removal"
+        return None
 
     def _journal_end(self, entry: int | None, outcome: Outcome) -> None:
         if self.journal is None or entry is None:

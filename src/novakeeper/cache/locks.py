@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from oslo_concurrency import lockutils
 from novakeeper.cache import inventory
 from novakeeper.cache.layout import RUN_LOCK_NAME, BaseKind, classify
 from novakeeper.errors import ExitCode, NovakeeperError
+
+LOG = logging.getLogger("novakeeper.cache")
 
 NOVA_LOCK_PREFIX = "nova-"
 LOCKS_FOLDER = "locks"
@@ -50,7 +53,11 @@ class NovaLocks:
         lock = lockutils.external_lock(name, lock_file_prefix=NOVA_LOCK_PREFIX,
                                        lock_path=self.lock_dir)
         try:
-            acquired = lock.acquire(blocking=True, timeout=self.wait_seconds)
+            acquired = lock.acquire(blocking=False)
+            if not acquired and self.wait_seconds > 0:
+                LOG.info("Waiting up to %g s for nova's lock %s: nova is using %s",
+                         self.wait_seconds, self.path(name), name)
+                acquired = lock.acquire(blocking=True, timeout=self.wait_seconds)
         except OSError as exc:
             yield f"cannot take nova's lock {self.path(name)}: {exc.strerror or exc}"
             return

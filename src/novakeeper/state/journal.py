@@ -18,6 +18,7 @@ from novakeeper.cache.inventory import Inventory
 from novakeeper.cache.plan import Decision
 from novakeeper.cache.trash import TrashEntry
 from novakeeper.state.db import StateDB
+from novakeeper.state.usage import storable
 
 
 class Entry(StrEnum):
@@ -73,14 +74,17 @@ class Journal:
                 """INSERT INTO journal (run, started, name, path, kind, image_hash, dev, ino,
                        bytes, verdict, reason, policy, outcome)
                    VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
-                (self.run, now, d.name, d.path, str(d.kind), d.image_hash, d.dev, d.ino,
-                 frees, str(d.verdict), d.reason, self.policy, str(Entry.STARTED)))
+                (self.run, now, storable(d.name), storable(d.path), str(d.kind),
+                 d.image_hash, d.dev, d.ino,
+                 frees, str(d.verdict), storable(d.reason), self.policy,
+                 str(Entry.STARTED)))
             return int(cur.lastrowid or 0)
 
     def end(self, entry_id: int, outcome: Entry, freed: int, detail: str, now: float) -> None:
         with self.db.write() as conn:
             conn.execute("UPDATE journal SET finished = ?, outcome = ?, bytes = ?, detail = ? "
-                         "WHERE id = ?", (now, str(outcome), freed, detail, entry_id))
+                         "WHERE id = ?", (now, str(outcome), freed, storable(detail),
+                                          entry_id))
             if outcome is Entry.REMOVED:
                 conn.execute("DELETE FROM bases WHERE name = (SELECT name FROM journal "
                              "WHERE id = ?)", (entry_id,))
@@ -93,7 +97,8 @@ class Journal:
                 """INSERT INTO journal (run, started, finished, name, path, kind, image_hash,
                        dev, ino, bytes, verdict, reason, policy, outcome)
                    VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
-                (self.run, now, now, entry.name, entry.path, str(entry.kind), None,
+                (self.run, now, now, storable(entry.name), storable(entry.path),
+                 str(entry.kind), None,
                  entry.dev, entry.ino, 0, "restore", "restored from the trash by an "
                  "operator", self.policy, str(Entry.RESTORED)))
 
@@ -119,21 +124,29 @@ def reconcile(db: StateDB, inventory: Inventory, now: float) -> list[JournalEntr
     """Settle the rows a crash left 'started', from a scan made after the crash. The
     same (device, inode) still in the cache: not removed; otherwise: removed."""
     present = {b.name: (b.dev, b.ino) for b in inventory.bases}
+    trashed = {(t.dev, t.ino) for t in inventory.trash}
     settled = []
     for e in unfinished(db):
         gone = present.get(e.name) != (e.dev, e.ino)
+        aside = gone and (e.dev, e.ino) in trashed
         outcome = Entry.RECOVERED_REMOVED if gone else Entry.RECOVERED_KEPT
-        detail = ("interrupted after the journal's first record; the file was gone at the "
-                  "next scan" if gone else
-                  "interrupted before the unlink; the file was still there at the next scan")
+        if aside:  # its bytes are counted when the trash gives them back ('purged')
+            detail = ("interrupted after renaming it into the trash; the next clean "
+                      "unlinks it from there")
+        elif gone:
+            detail = ("interrupted after the journal's first record; the file was gone at "
+                      "the next scan")
+        else:
+            detail = ("interrupted before the unlink; the file was still there at the next "
+                      "scan")
+        freed = e.bytes if gone and not aside else 0
         with db.write() as conn:
             cur = conn.execute("UPDATE journal SET finished = ?, outcome = ?, detail = ?, "
-                               "bytes = CASE WHEN ? THEN bytes ELSE 0 END "
-                               "WHERE id = ? AND outcome = ?",
-                               (now, str(outcome), detail, gone, e.id, str(Entry.STARTED)))
+                               "bytes = ? WHERE id = ? AND outcome = ?",
+                               (now, str(outcome), detail, freed, e.id, str(Entry.STARTED)))
         if cur.rowcount:
-            settled.append(replace(e, finished=now, bytes=e.bytes if gone else 0,
-                                   outcome=outcome, detail=detail))
+            settled.append(replace(e, finished=now, bytes=freed, outcome=outcome,
+                                   detail=detail))
     return settled
 
 

@@ -7,6 +7,7 @@ scan that saw a disk on it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ def record(db: StateDB, inventory: Inventory, now: float) -> dict[str, UsageReco
     rows = []
     for base in inventory.bases:
         users = len(inventory.users_of(base.name))
-        rows.append((base.name, str(base.kind), base.image_hash, now, now,
+        rows.append((storable(base.name), str(base.kind), base.image_hash, now, now,
                      now if users else None, users, base.size, base.allocated))
     with db.write() as conn:
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS seen (name TEXT PRIMARY KEY)")
@@ -60,6 +61,14 @@ def record(db: StateDB, inventory: Inventory, now: float) -> dict[str, UsageReco
                    allocated = excluded.allocated""",
             rows)
     return load(db)
+
+
+def storable(name: str) -> str:
+    """A file name as SQLite can store it (UTF-8 text). A name with bytes that are not
+    UTF-8 (decoded with surrogateescape) would make the driver raise UnicodeEncodeError
+    and stop every run; its bytes are kept escaped (\\xff). Such a name is never one nova
+    gives a cache file, so its record is never looked up by name."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def last_used_map(records: Mapping[str, UsageRecord]) -> dict[str, float]:
