@@ -17,16 +17,20 @@ import click
 from rich.console import Console
 
 from novakeeper import __version__, logsetup, settings
-from novakeeper.cache import render
+from novakeeper.cache import render, undo
 from novakeeper.cache.executor import Report
-from novakeeper.cache.locks import run_lock
+from novakeeper.cache.locks import NovaLocks, nova_lock_dir, orphaned_locks, run_lock
 from novakeeper.cache.passes import Pass, executor_for, plan_pass
 from novakeeper.cache.plan import Verdict
+from novakeeper.cache.storage import read_registry
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.state import journal as journal_mod
 from novakeeper.state import pins
 from novakeeper.state.db import StateDB, open_state
 from novakeeper.units import human_bytes, parse_duration
+
+ORPHAN_AGE = 24 * 3600.0
+"""A lock file without its base is reported once it is a day old (none is in use then)."""
 
 
 @dataclass
@@ -107,6 +111,12 @@ def cache() -> None:
     """Inspect and clean the image cache."""
 
 
+IGNORE_UNREADABLE = click.option(
+    "--ignore-unreadable", is_flag=True,
+    help="Let unreadable, corrupt or broken disks hold nothing (they stay listed). The "
+         "bases they use may then be removed: only if you know those disks are dead.")
+
+
 def _json_out(data: Any) -> None:
     """Indented on a terminal; compact otherwise, where json's C encoder writes a
     50,000-disk plan in a fraction of the time the indenting (pure Python) one takes."""
@@ -122,8 +132,13 @@ def _json_out(data: Any) -> None:
 @click.pass_obj
 def status(ctx: Context, as_json: bool) -> None:
     """Summary: files by kind and verdict, bytes, budget and headroom, disks, problems."""
-    with plan_pass(ctx.settings()) as result:
-        data = render.status_data(result.inventory, result.plan)
+    conf = ctx.settings()
+    with plan_pass(conf) as result:
+        now = result.plan.now
+        orphans = orphaned_locks(nova_lock_dir(conf.instances_path),
+                                 {b.name for b in result.inventory.bases}, now, ORPHAN_AGE)
+        data = render.status_data(result.inventory, result.plan,
+                                  read_registry(conf.instances_path, now), orphans)
     if as_json:
         _json_out(data)
     else:
@@ -144,10 +159,12 @@ def _show_plan(result: Pass, as_json: bool) -> None:
 @click.option("--cross-check", is_flag=True,
               help="Also run qemu-img info --backing-chain on every disk and report "
                    "disagreements (slow: one subprocess per disk).")
+@IGNORE_UNREADABLE
 @click.pass_obj
-def plan(ctx: Context, as_json: bool, cross_check: bool) -> None:
+def plan(ctx: Context, as_json: bool, cross_check: bool, ignore_unreadable: bool) -> None:
     """The dry run: what clean would do to each file, and why."""
-    with plan_pass(ctx.settings(), check=cross_check) as result:
+    with plan_pass(ctx.settings(), check=cross_check,
+                   accept_unreadable=ignore_unreadable) as result:
         _show_plan(result, as_json)
     if result.disagreements:
         raise NovakeeperError(ExitCode.CROSS_CHECK,
@@ -160,8 +177,12 @@ def _report_text(report: Report, out: Console) -> None:
         out.print(f"skipped {o.path}: {o.reason}", markup=False)
     for o in report.failed:
         out.print(f"FAILED  {o.path}: {o.reason}", markup=False)
+    trash = ""
+    if report.trashed or report.purged:
+        trash = (f"moved {len(report.trashed)} to the trash (freed when their grace period "
+                 f"ends), purged {len(report.purged)} from it; ")
     out.print(
-        f"removed {len(report.removed)} files, freed {human_bytes(report.freed)}; "
+        f"removed {len(report.removed)} files, {trash}freed {human_bytes(report.freed)}; "
         f"skipped {len(report.skipped)}, failed {len(report.failed)}; "
         f"marked {report.touched} in-use bases", highlight=False)
 
@@ -171,6 +192,8 @@ def _report_json(result: Pass, report: Report) -> dict[str, Any]:
         "plan": result.plan.to_dict(),
         "result": {
             "removed": len(report.removed),
+            "trashed": len(report.trashed),
+            "purged": len(report.purged),
             "freed": report.freed,
             "skipped": len(report.skipped),
             "failed": len(report.failed),
@@ -190,16 +213,20 @@ def _report_json(result: Pass, report: Report) -> dict[str, Any]:
 @click.option("--dry-run", is_flag=True, help="Only show the plan (the same as `cache plan`).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--cross-check", is_flag=True, help="As for `cache plan`.")
+@IGNORE_UNREADABLE
 @click.pass_obj
-def clean(ctx: Context, yes: bool, dry_run: bool, as_json: bool, cross_check: bool) -> None:
+def clean(ctx: Context, yes: bool, dry_run: bool, as_json: bool, cross_check: bool,
+          ignore_unreadable: bool) -> None:
     """Carry out exactly what `plan` shows: remove the removable files."""
     if dry_run:
-        click.get_current_context().invoke(plan, as_json=as_json, cross_check=cross_check)
+        click.get_current_context().invoke(plan, as_json=as_json, cross_check=cross_check,
+                                           ignore_unreadable=ignore_unreadable)
         return
     ctx.log(floor=logging.INFO)
     conf = ctx.settings()
-    with run_lock(conf.instances_path, conf.cache_path), plan_pass(conf, check=cross_check,
-                                              write_state=True) as result:
+    with run_lock(conf.instances_path, conf.cache_path), plan_pass(
+            conf, check=cross_check, write_state=True,
+            accept_unreadable=ignore_unreadable) as result:
         _clean(result, conf, yes, as_json)
 
 
@@ -328,6 +355,78 @@ def history(ctx: Context, since: str | None, limit: int | None, as_json: bool) -
     render.history_table(entries, console())
 
 
+@cache.command()
+@global_options
+@click.option("--metrics-file", metavar="PATH",
+              help="Write Prometheus metrics here after every pass (node_exporter textfile "
+                   "collector format, replaced atomically).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+              help="Serve Prometheus metrics on http://ADDRESS:PORT/metrics.")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True,
+              help="Address for --metrics-port.")
+@click.pass_obj
+def serve(ctx: Context, metrics_file: str | None, metrics_port: int | None,
+          metrics_address: str) -> None:
+    """Run a pass every [image_cache] manager_interval seconds until stopped (systemd:
+    Type=notify). Removes files only with [novakeeper] service_mode = clean."""
+    from novakeeper.service.loop import Outputs, Service
+
+    ctx.log(floor=logging.INFO)
+    service = Service(ctx.settings, Outputs(metrics_file, metrics_port, metrics_address))
+    code = service.run()
+    if code:
+        raise NovakeeperError(ExitCode(code), "service stopped with an error")
+
+
+@cache.command()
+@global_options
+@click.argument("name")
+@click.pass_obj
+def restore(ctx: Context, name: str) -> None:
+    """Put a removed base back from the trash (trash_grace_seconds > 0)."""
+    conf = ctx.settings()
+    name = os.path.basename(name.rstrip("/"))  # a path into the cache or trash is fine
+    with run_lock(conf.instances_path, conf.cache_path):
+        _, db = _state(ctx, write=True)
+        with closing(db):
+            entry = undo.restore_one(conf.cache_path, name,
+                                          NovaLocks(nova_lock_dir(conf.instances_path),
+                                                    conf.lock_wait_seconds))
+            journal_mod.Journal(db, {"command": "restore"}).record_restore(entry, time.time())
+    click.echo(f"restored {os.path.join(conf.cache_path, name)} "
+               f"({human_bytes(entry.allocated)}, trashed "
+               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(entry.trashed_at))}); "
+               "unless a disk uses it or it is pinned (`cache pin`), the next clean "
+               "removes it again")
+
+
+@cache.command("verify")
+@global_options
+@click.argument("files", nargs=-1, metavar="[FILE]...")
+@click.option("--algorithm", type=click.Choice(["sha256", "sha512", "md5"]), default=None,
+              help="Default: [novakeeper] verify_algorithm (sha256).")
+@click.option("--rate-limit", type=click.FloatRange(min=0), default=None, metavar="MB/s",
+              help="Read at most this many MiB/s (0: unlimited). Default: [novakeeper] "
+                   "verify_rate_limit.")
+@click.option("--force", is_flag=True, help="Re-read files unchanged since their last check.")
+@click.option("--image-id", "image_ids", multiple=True, metavar="ID",
+              help="A Glance image id whose base to compare with Glance; repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def verify(ctx: Context, files: tuple[str, ...], algorithm: str | None,
+           rate_limit: float | None, force: bool, image_ids: tuple[str, ...],
+           as_json: bool) -> None:
+    """Checksum base files; quarantine corrupt unused ones, report corrupt in-use ones."""
+    from novakeeper.integrity import command
+
+    report = command.run(ctx.settings(), files, algorithm, rate_limit, force, image_ids)
+    if as_json:
+        _json_out(report.to_dict())
+    else:
+        command.text(report, console())
+    command.raise_for(report)
+
+
 @cli.command()
 @click.option("--path", "root", type=click.Path(file_okay=False), default=None,
               help="Build the sandbox here (default: a new temp folder).")
@@ -343,8 +442,10 @@ def demo(root: str | None, instances: int, keep: bool) -> None:
 
 from novakeeper.logs.commands import diagnose, trace  # noqa: E402
 
-cli.add_command(global_options(trace))
-cli.add_command(global_options(diagnose))
+global_options(trace)  # options added to the command objects in place
+global_options(diagnose)
+cli.add_command(trace)
+cli.add_command(diagnose)
 
 
 def _fail(code: int, message: str) -> NoReturn:
