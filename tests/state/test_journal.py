@@ -25,7 +25,6 @@ from novakeeper.cache.policy import PolicyConfig, decide
 from novakeeper.state import journal, usage
 from novakeeper.state.db import open_state
 from novakeeper.state.journal import Entry, Journal
-from novakeeper.units import human_bytes
 
 NOW = 1_700_000_000.0
 NAME = sha1("image-old")
