@@ -192,3 +192,31 @@ def test_orphaned_lock_files_are_reported(node: Node) -> None:
     orphans = orphaned_locks(os.fspath(lock_dir), {kept.name}, NOW, DAY)
     assert [o.name for o in orphans] == [sha1("gone")]
     assert orphaned_locks(os.fspath(lock_dir), {kept.name}, NOW, 4 * DAY) == []
+
+
+def test_a_partial_download_is_removed_under_its_bases_lock(node: Node) -> None:
+    """nova writes <name>.part under the lock of <name>: a stalled download that nova is
+    still holding is busy, not removed."""
+    part = node.cache / (sha1("slow") + ".part")
+    part.write_bytes(b"half an image")
+    set_age(part, 2 * 3600)
+    plan = node.plan()
+    assert [d.name for d in plan.removals] == [part.name]
+    lock_dir = nova_lock_dir(os.fspath(node.instances))
+    with nova_holds(lock_dir, sha1("slow")):
+        report = executor(node, plan, wait=0.05).run()
+    assert [o.action for o in report.outcomes] == [Action.SKIPPED]
+    assert report.outcomes[0].reason.startswith("busy: nova holds its lock")
+    assert part.exists()
+    report = executor(node, node.plan(), wait=0.05).run()  # nova let go: stale, removed
+    assert [o.action for o in report.outcomes] == [Action.REMOVED] and not part.exists()
+
+
+def test_an_instance_folder_deleted_during_the_scan_is_no_problem(node: Node) -> None:
+    """nova deletes an instance while we scan: its folder vanishes between the listing and
+    the read. That is not an unreadable folder (which would hold everything)."""
+    from novakeeper.cache.inventory import CachedProber, FolderKind, scan_folder
+
+    gone = node.instances / "00000000-0000-4000-8000-000000000000"
+    result = scan_folder(os.fspath(gone), FolderKind.INSTANCE, gone.name, CachedProber(), 0)
+    assert result.problems == [] and result.disks == []

@@ -101,6 +101,23 @@ def open_cache_dir(inventory: Inventory) -> int:
     return fd
 
 
+def nova_lock_name(name: str) -> str:
+    """The lock nova takes for this file: a `.part` or `.converted` is written under the
+    lock of the base it becomes (fetch_to_raw runs inside fetch_func_sync's lock)."""
+    for suffix in (".part", ".converted"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _exists(fd: int, name: str) -> bool:
+    try:
+        os.lstat(name, dir_fd=fd)
+    except OSError:
+        return False
+    return True
+
+
 def _same_file(st: os.stat_result, d: Decision) -> bool:
     return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (d.dev, d.ino)
 
@@ -245,7 +262,7 @@ class Executor:
     def _remove_one(self, fd: int, d: Decision) -> Outcome:
         if os.sep in d.name or d.name in (".", ".."):  # never a path, only a name in the folder
             return Outcome(d.name, d.path, Action.SKIPPED, "not a plain file name")
-        with self.locks.hold(d.name) as busy:
+        with self.locks.hold(nova_lock_name(d.name)) as busy:
             if busy is not None:
                 LOG.info("Not removing %s: %s", d.path, busy)
                 return Outcome(d.name, d.path, Action.SKIPPED, busy)
@@ -260,7 +277,9 @@ class Executor:
             outcome = self._unlink(fd, d)
         if outcome.action in (Action.REMOVED, Action.TRASHED):
             try:
-                self.locks.remove(d.name)
+                lock = nova_lock_name(d.name)
+                if lock == d.name or not _exists(fd, lock):  # a live base keeps its lock
+                    self.locks.remove(lock)
             except OSError as exc:
                 LOG.debug("Failed to remove lock file for %s: %s", d.name, exc)
         return outcome

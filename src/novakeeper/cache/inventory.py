@@ -284,6 +284,8 @@ def scan_folder(
     result = FolderScan(path, mtime_ns, kind, instance)
     try:
         entries = list(os.scandir(path))
+    except FileNotFoundError:
+        return result  # deleted since the listing (nova removed the instance): no disks
     except OSError as exc:
         detail = "permission denied" if isinstance(exc, PermissionError) else str(exc.strerror)
         result.problems.append(
