@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from novakeeper.state.db import StateDB
+from novakeeper.state.usage import storable
 
 
 class Status(StrEnum):
@@ -103,9 +104,10 @@ def last_verified(db: StateDB) -> dict[str, float]:
 
 def save(db: StateDB, records: Iterable[ChecksumRecord]) -> None:
     """Insert or replace whole rows (a good read, or a new reference for a new file)."""
-    rows = [(r.name, r.algo, r.dev, r.ino, r.size, r.mtime_ns, r.ctime_ns, r.value,
+    rows = [(storable(r.name), r.algo, r.dev, r.ino, r.size, r.mtime_ns, r.ctime_ns, r.value,
              r.verified_at,
-             str(r.source), str(r.status), r.observed, r.detail, json.dumps(list(r.users)))
+             str(r.source), str(r.status), r.observed, storable(r.detail),
+             json.dumps(list(r.users)))
             for r in records]
     if not rows:
         return
@@ -121,7 +123,8 @@ def forget(db: StateDB, names: Iterable[str]) -> None:
     names = list(names)
     if names:
         with db.write() as conn:
-            conn.executemany("DELETE FROM checksums WHERE name = ?", ((n,) for n in names))
+            conn.executemany("DELETE FROM checksums WHERE name = ?",
+                             ((storable(n),) for n in names))
 
 
 def prune(db: StateDB, present: Iterable[str]) -> int:
@@ -130,7 +133,7 @@ def prune(db: StateDB, present: Iterable[str]) -> int:
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS verify_present (name TEXT PRIMARY KEY)")
         conn.execute("DELETE FROM verify_present")
         conn.executemany("INSERT OR IGNORE INTO verify_present VALUES (?)",
-                         ((n,) for n in present))
+                         ((storable(n),) for n in present))
         cur = conn.execute("DELETE FROM checksums WHERE name NOT IN "
                            "(SELECT name FROM verify_present)")
         return int(cur.rowcount)
@@ -196,14 +199,15 @@ def begin_move(db: StateDB, name: str, path: str, target: str, dev: int, ino: in
         cur = conn.execute(
             "INSERT INTO quarantine (started, name, path, target, dev, ino, bytes, reason, "
             "outcome) VALUES (?,?,?,?,?,?,?,?,?)",
-            (now, name, path, target, dev, ino, size, reason, str(Moved.STARTED)))
+            (now, storable(name), storable(path), storable(target), dev, ino, size,
+             storable(reason), str(Moved.STARTED)))
         return int(cur.lastrowid or 0)
 
 
 def end_move(db: StateDB, entry: int, outcome: Moved, detail: str, now: float) -> None:
     with db.write() as conn:
         conn.execute("UPDATE quarantine SET finished = ?, outcome = ?, detail = ? WHERE id = ?",
-                     (now, str(outcome), detail, entry))
+                     (now, str(outcome), storable(detail), entry))
         if outcome is Moved.QUARANTINED:
             conn.execute("DELETE FROM checksums WHERE name = (SELECT name FROM quarantine "
                          "WHERE id = ?)", (entry,))
