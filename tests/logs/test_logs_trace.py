@@ -62,10 +62,17 @@ def test_disk_full_boot_timeline_summary_and_traceback(logset: loggen.LogSet,
     assert timedelta(0) < error.record.when - conductor.record.when < timedelta(minutes=1)
     assert codes(result) == ["no-gap"]
     assert result.passes[0].found >= 8
+    # ID in every file, then one pass per hop, each within --hop-window of what was found
+    assert [(r.files, r.searched) for r in result.passes] == [("all", 1), ("window", 2),
+                                                              ("window", 3)]
+    assert sum(r.searched for r in result.passes) == len(result.requests) + 1
+    whole = run(files, sc.instance, hop_window=None)  # every id in whole files
+    assert [(t.file.path, t.record.offset, t.hop) for t in whole.records] == [
+        (t.file.path, t.record.offset, t.hop) for t in result.records]
     # the current logs to a fixed point (one pass per hop), then the others once
-    assert [r.files for r in result.passes] == ["current", "current", "current", "rotated",
-                                                "gzip"]
-    assert result.passes[-1].searched == len(result.requests) + 1
+    assert [r.files for r in whole.passes] == ["current", "current", "current", "rotated",
+                                               "gzip"]
+    assert whole.passes[-1].searched == len(whole.requests) + 1
 
 
 def test_a_host_in_another_time_zone_is_an_hour_off_when_not_told(
@@ -116,8 +123,13 @@ def test_rotated_and_compressed_files_are_traced(logset: loggen.LogSet,
     assert error is not None and error.record.request_id == sc.request_ids[0]
     assert "Not authorized for image" in error.record.text  # TRACE lines joined to it
     assert error.record.text.count("TRACE nova.compute.manager") == 7
-    # found in the gzip files, so they are read again for the ids they revealed
-    assert [r.files for r in result.passes] == ["current", "rotated", "gzip"] * 3
+    # found in the gzip files, so they are read again (up to the window) for the ids
+    # they revealed
+    assert [r.files for r in result.passes] == ["all", "window", "window"]
+    whole = run(files, sc.instance, hop_window=None)
+    assert [r.files for r in whole.passes] == ["current", "rotated", "gzip"] * 3
+    assert [(t.file.path, t.record.offset) for t in whole.records] == [
+        (t.file.path, t.record.offset) for t in result.records]
 
 
 def test_api_only_is_a_message_queue_gap(logset: loggen.LogSet,
@@ -155,7 +167,9 @@ def test_no_valid_host(logset: loggen.LogSet, files: list[sources.LogFile]) -> N
 def test_an_id_nowhere_never_reached_the_api(files: list[sources.LogFile]) -> None:
     result = run(files, "00000000-1111-4222-8333-444444444444")
     assert result.records == [] and codes(result) == ["not-found"]
-    assert [(r.files, r.searched) for r in result.passes] == [
+    assert [(r.files, r.searched) for r in result.passes] == [("all", 1)]
+    whole = run(files, "00000000-1111-4222-8333-444444444444", hop_window=None)
+    assert [(r.files, r.searched) for r in whole.passes] == [
         ("current", 1), ("rotated", 1), ("gzip", 1)]
 
 
@@ -186,7 +200,7 @@ def test_json_has_the_timeline_summary_and_findings(logset: loggen.LogSet,
     assert {c["label"] for c in data["summary"]["components"]} == sc.services
     assert data["summary"]["span"]["seconds"] > 5
     assert [f["code"] for f in data["findings"]] == ["no-gap"]
-    assert len(data["passes"]) == 5 and data["files"]["problems"] == []
+    assert len(data["passes"]) == 3 and data["files"]["problems"] == []
     assert datetime.fromisoformat(data["records"][0]["time"]).tzinfo is not None
 
 

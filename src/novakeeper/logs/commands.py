@@ -1,6 +1,7 @@
 """The `trace` and `diagnose` commands. cli.py adds them to the command group and gives
 them the global options; the helpers it owns (console, JSON output) are imported when a
-command runs, so this module never imports cli.py at load time."""
+command runs, so this module never imports cli.py at load time. So are the modules that do
+the work: cli.py imports this module for every command."""
 
 from __future__ import annotations
 
@@ -12,11 +13,9 @@ from typing import Any
 import click
 
 from novakeeper.errors import ExitCode, NovakeeperError
-from novakeeper.logs import diagnose as diagnose_mod
-from novakeeper.logs import render
-from novakeeper.logs import trace as trace_mod
 from novakeeper.logs.sources import LogFile, discover, parse_offset, parse_tz_rule
 from novakeeper.logs.window import window as make_window
+from novakeeper.units import parse_duration
 
 _UUID = re.compile(r"(?:req-)?[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"
                    r"[0-9A-Fa-f]{12}")
@@ -94,6 +93,11 @@ def _time_options(f: Any) -> Any:
 @click.option("--depth", type=click.IntRange(0, 10), default=2, show_default=True,
               help="Hops of request ids to follow from the records that name ID (0: only "
                    "those records).")
+@click.option("--hop-window", default="6h", show_default=True, metavar="DURATION",
+              help="Look for the records of the request ids only within this time of the "
+                   "records found so far (ID itself is searched everywhere): a request is "
+                   "handled within hours, and this reads a small part of big log sets. A "
+                   "request logged only further away is missed. 0: whole files.")
 @click.option("--silence-minutes", type=click.IntRange(1, 100000), default=10,
               show_default=True,
               help="A component that logged nothing for longer before the failure is "
@@ -101,25 +105,34 @@ def _time_options(f: Any) -> Any:
 @click.option("--max-records", type=click.IntRange(0), default=2000, show_default=True,
               help="Records shown in the text timeline (0: all); the summary counts all.")
 @_time_options
-def trace(target: str, logs: tuple[str, ...], depth: int, silence_minutes: int,
-          max_records: int, since: str | None, until: str | None, tz_rules: tuple[str, ...],
-          default_tz: str, jobs: int | None, as_json: bool) -> None:
+def trace(target: str, logs: tuple[str, ...], depth: int, hop_window: str,
+          silence_minutes: int, max_records: int, since: str | None, until: str | None,
+          tz_rules: tuple[str, ...], default_tz: str, jobs: int | None,
+          as_json: bool) -> None:
     """Follow ID (an instance, volume, image or port uuid, or a req- id; uuids in any case,
     anything else exactly as written) through the services' logs: every record naming it,
     then every record of the request ids on those records, as one timeline; then the
     components involved, the first error, and whether the request never reached the API,
     stopped there (message queue?) or met a silent component (hung?)."""
+    from novakeeper.logs import trace as trace_mod
+
     target = target.strip()
     if _UUID.fullmatch(target):
         target = target.lower()  # OpenStack writes uuids in lower case
     if len(target) < 4 or "\n" in target:
         raise NovakeeperError(ExitCode.USAGE, f"ID {target!r} is too short to trace: give "
                                               "a uuid or a req- id")
+    try:
+        reach = timedelta(seconds=parse_duration(hop_window))
+    except ValueError as exc:
+        raise NovakeeperError(ExitCode.USAGE, f"--hop-window: {exc}") from None
     win = make_window(since, until, parse_offset(default_tz))
     files = _files(logs, tz_rules, default_tz)
     result = trace_mod.trace(target, files, depth, win, jobs,
-                             timedelta(minutes=silence_minutes))
+                             timedelta(minutes=silence_minutes), hop_window=reach or None)
     _problems(files, result.problems)
+    from novakeeper.logs import render
+
     if as_json:
         _out(render.trace_data(result))
     else:
@@ -160,6 +173,9 @@ def diagnose(ctx: click.Context, logs: tuple[str, ...], signature_files: tuple[s
              as_json: bool) -> None:
     """Scan the logs for known failures and print, for each one found, the problem, its
     likely cause and the fix, with the matching lines and their counts per file."""
+    from novakeeper.logs import diagnose as diagnose_mod
+    from novakeeper.logs import render
+
     sigs = diagnose_mod.load(signature_files)
     if list_signatures:
         if as_json:

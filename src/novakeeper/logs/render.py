@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import textwrap
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
 from rich.text import Text
 
-from novakeeper.logs.diagnose import DiagnoseResult, DiskFacts, Hit, Signature
 from novakeeper.logs.findings import GAP
 from novakeeper.logs.records import Record, body
 from novakeeper.logs.trace import Summary, Traced, TraceResult, summarize
 from novakeeper.units import human_age, human_bytes
+
+if TYPE_CHECKING:  # the trace command does not load the diagnose module
+    from rich.console import Console
+
+    from novakeeper.logs.diagnose import DiagnoseResult, DiskFacts, Hit, Signature
 
 LEVEL_STYLE = {"CRITICAL": "bold white on red", "ERROR": "bold red", "TRACE": "bold red",
                "WARNING": "yellow", "DEBUG": "dim"}
@@ -156,7 +159,9 @@ def _summary_text(result: TraceResult, s: Summary, out: Console) -> None:
                            f"({human_age((s.last - s.first).total_seconds())})")
     read = sum(r.read for r in result.passes)
     secs = sum(r.seconds for r in result.passes)
+    reach = human_age(result.hop_window.total_seconds()) if result.hop_window else ""
     tiers = [(sum(p.files == tier for p in result.passes), words) for tier, words in (
+        ("all", "over all logs"), ("window", f"within {reach} of the records found"),
         ("current", "over current logs"), ("rotated", "over rotated plain logs"),
         ("gzip", "over gzip logs"))]
     passes = _n(len(result.passes), "pass", "passes") + " (" + ", ".join(

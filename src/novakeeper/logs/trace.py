@@ -7,8 +7,17 @@ on those are followed in turn, up to `depth` hops. That is a breadth-first searc
 records and request ids; the hop of a record is its distance from ID, however the search
 happened to reach it.
 
-Every id within the depth is searched in every file, so the result is exact. What is
-chosen is the order. The files are in three tiers: the current plain logs, the rotated
+Only ID itself is searched in every byte: the first pass reads all the files, as grep
+would. A request is handled within a bounded time, so the records of the request ids are
+looked for near the records already found: each later pass (one per hop) reads only the
+parts of each file within `hop_window` (6 hours by default) of a record found so far,
+whatever its hop; a file none of whose times is that near is not read at all. A request
+whose records are all more than `hop_window` away from every record found before it is
+searched is missed; `hop_window` None (`--hop-window 0`) searches whole files, exactly. A
+record without a timestamp among those found makes that pass read whole files.
+
+Without the window every id within the depth is searched in every file, and what is chosen
+is the order. The files are in three tiers: the current plain logs, the rotated
 plain ones (`.log.1`), the gzip ones (zlib inflate makes a pass over them several times
 dearer). Each pass searches all its ids together, in the cheapest tier that still has ids
 to search: the current logs are searched to a fixed point first (one pass per hop), then
@@ -22,7 +31,8 @@ worked out from it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -30,12 +40,21 @@ from novakeeper.logs import findings as findings_mod
 from novakeeper.logs import records as records_mod
 from novakeeper.logs.findings import Activity, Finding, TraceFacts
 from novakeeper.logs.records import Record
-from novakeeper.logs.scan import Needles, Scanner, ScanResult, activity_around
+from novakeeper.logs.scan import (
+    Interval,
+    Needles,
+    Scanner,
+    ScanResult,
+    activity_around,
+    merge_intervals,
+)
 from novakeeper.logs.sources import PROJECT_SERVICES, LogFile, is_rotated, service_of
 from novakeeper.logs.window import ALL_TIMES, Window
 
 MAX_RECORDS = 200_000  # beyond this the trace stops collecting (and says so)
 MAX_IDS = 5_000  # request ids followed at most
+HOP_WINDOW = timedelta(hours=6)  # default reach of a hop around the records found so far
+MAX_WINDOWS = 64  # stretches of time a windowed pass reads, at most (nearest ones joined)
 _EPOCH = datetime.min.replace(tzinfo=None)
 
 
@@ -63,7 +82,7 @@ class RequestInfo:
 @dataclass
 class Pass:
     number: int
-    files: str  # the tier: "current", "rotated" or "gzip"
+    files: str  # "all" or "window" (--hop-window), or the tier: "current", "rotated", "gzip"
     searched: int  # ids searched
     found: int  # new records
     read: int  # bytes looked at
@@ -85,6 +104,7 @@ class TraceResult:
     findings: list[Finding] = field(default_factory=list)
     failure: Traced | None = None  # the first error, or None
     spans: dict[int, tuple[datetime | None, datetime | None]] = field(default_factory=dict)
+    hop_window: timedelta | None = None  # None: every id searched in whole files
 
     @property
     def first_error(self) -> Traced | None:
@@ -149,37 +169,102 @@ def _next_pass(tiers: Sequence[tuple[str, set[int]]], searched: dict[str, set[st
 def trace(target: str, files: Sequence[LogFile], depth: int = 2,
           window: Window = ALL_TIMES, jobs: int | None = None,
           silence: timedelta = timedelta(minutes=10),
-          parallel_min: int | None = None) -> TraceResult:
-    result = TraceResult(target, depth, window, list(files))
+          parallel_min: int | None = None,
+          hop_window: timedelta | None = HOP_WINDOW) -> TraceResult:
+    """Breadth-first from `target` (see the module docstring); `hop_window` None or 0:
+    request ids searched in whole files."""
+    result = TraceResult(target, depth, window, list(files),
+                         hop_window=hop_window if hop_window else None)
     seen: dict[tuple[int, int], Traced] = {}
-    tiers = [(name, members) for name, members in _tiers(files).items() if members]
-    searched: dict[str, set[str]] = {name: set() for name, _ in tiers}
-    hops = {target: 0}
     with Scanner(files, window, jobs, parallel_min=parallel_min) as scanner:
         result.workers = scanner.jobs
-        while not result.capped:
-            todo = _next_pass(tiers, searched, hops, depth)
-            if todo is None:
-                break
-            name, members, ids = todo
-            if len(set().union(*searched.values(), ids)) > MAX_IDS:
-                result.capped = True
-                break
-            found = scanner.run(Needles(tuple(i.encode() for i in ids)), members)
-            searched[name].update(ids)
-            new = _collect(result, found, seen, target)
-            result.passes.append(Pass(len(result.passes), name, len(ids), new, found.read,
-                                      found.seconds))
-            hops = _hops(target, list(seen.values()))
+        if result.hop_window is None:
+            hops = _by_tiers(result, scanner, seen)
+        else:
+            hops = _by_windows(result, scanner, seen, result.hop_window)
         result.records = sorted(seen.values(), key=_sort_key)
         _requests(result, hops)
         result.findings = findings_mod.findings(_facts(result, silence))
     return result
 
 
+def _by_tiers(result: TraceResult, scanner: Scanner, seen: dict[tuple[int, int], Traced]
+              ) -> dict[str, int]:
+    """Every id in every file, the cheapest tier first; returns each id's hop."""
+    target, depth = result.target, result.depth
+    tiers = [(name, members) for name, members in _tiers(result.files).items() if members]
+    searched: dict[str, set[str]] = {name: set() for name, _ in tiers}
+    hops = {target: 0}
+    while not result.capped:
+        todo = _next_pass(tiers, searched, hops, depth)
+        if todo is None:
+            break
+        name, members, ids = todo
+        if len(set().union(*searched.values(), ids)) > MAX_IDS:
+            result.capped = True
+            break
+        found = scanner.run(Needles(tuple(i.encode() for i in ids)), members)
+        searched[name].update(ids)
+        new = _collect(result, found, seen, target)
+        result.passes.append(Pass(len(result.passes), name, len(ids), new, found.read,
+                                  found.seconds))
+        hops = _hops(target, list(seen.values()))
+    return hops
+
+
+def hop_windows(found: Iterable[Traced], reach: timedelta) -> list[Interval] | None:
+    """The stretches of time within `reach` of the records found, merged (at most
+    MAX_WINDOWS of them); None when one of the records has no time, so nothing can be
+    left out."""
+    spans = []
+    for t in found:
+        when = t.record.when
+        if when is None:
+            return None
+        spans.append((when - reach, when + reach))
+    return merge_intervals(spans, MAX_WINDOWS)
+
+
+def _within(when: datetime | None, windows: Sequence[Interval]) -> bool:
+    if when is None:
+        return True  # found inside a range that was read for the windows: keep it
+    i = bisect.bisect_right(windows, (when, when))
+    return any(a <= when <= b for a, b in windows[max(0, i - 1):i + 1])
+
+
+def _by_windows(result: TraceResult, scanner: Scanner, seen: dict[tuple[int, int], Traced],
+                reach: timedelta) -> dict[str, int]:
+    """ID in whole files, then each hop's new ids within `reach` of the records found so
+    far; returns each id's hop."""
+    target, depth = result.target, result.depth
+    found = scanner.run(Needles((target.encode(),)))
+    new = _collect(result, found, seen, target)
+    result.passes.append(Pass(0, "all", 1, new, found.read, found.seconds))
+    hops = _hops(target, list(seen.values()))
+    searched = {target}
+    while not result.capped:
+        ids = [rid for _, rid in sorted((h, rid) for rid, h in hops.items()
+                                        if h <= depth and rid not in searched)]
+        if not ids:
+            break
+        if len(searched) + len(ids) > MAX_IDS:
+            result.capped = True
+            break
+        windows = hop_windows(seen.values(), reach)
+        found = scanner.run(Needles(tuple(i.encode() for i in ids)), windows=windows)
+        searched.update(ids)
+        new = _collect(result, found, seen, target, windows)
+        result.passes.append(Pass(len(result.passes), "all" if windows is None else "window",
+                                  len(ids), new, found.read, found.seconds))
+        hops = _hops(target, list(seen.values()))
+    return hops
+
+
 def _collect(result: TraceResult, found: ScanResult, seen: dict[tuple[int, int], Traced],
-             target: str) -> int:
-    """Add a pass's records to `seen`; returns how many were new."""
+             target: str, windows: Sequence[Interval] | None = None) -> int:
+    """Add a pass's records to `seen`; returns how many were new. With `windows`, only
+    those within them: the ranges read reach a little further (bisection, slack for lines
+    out of order), and what is found must not depend on how the bytes were laid out."""
     for index, problem in found.problems.items():
         result.problems.setdefault(index, problem)
     files = result.files
@@ -196,6 +281,8 @@ def _collect(result: TraceResult, found: ScanResult, seen: dict[tuple[int, int],
             continue
         rec = records_mod.parse_record(hit.data, index, hit.offset, files[index].tz)
         if not result.window.holds(rec.when):
+            continue
+        if windows is not None and not _within(rec.when, windows):
             continue
         if len(seen) >= MAX_RECORDS:
             result.capped = True
