@@ -7,10 +7,11 @@ folder on sys.path), so test modules anywhere under tests/ can do
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,13 @@ def _private_state_database(tmp_path_factory: pytest.TempPathFactory,
     path = tmp_path_factory.mktemp("state") / "novakeeper" / "state.db"
     monkeypatch.setenv("OS_NOVAKEEPER__STATE_PATH", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """In-process CLI runs point the root logger at a stream that dies with the run."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

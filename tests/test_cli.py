@@ -6,13 +6,11 @@ test reads /etc/nova/nova.conf."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pty
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +45,6 @@ from novakeeper.errors import ExitCode
 NOVA_LINE = re.compile(
     r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}) (\d+) (DEBUG|INFO|WARNING|ERROR|CRITICAL) "
     r"([\w.]+) \[-\] (.*)$")
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """In-process runs point the root logger at a stream that dies with the run."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture

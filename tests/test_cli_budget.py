@@ -17,13 +17,11 @@ max_cache_size = 1300K: 2 MiB held, 748 KiB over.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,16 +52,6 @@ max_cache_size = {max_cache_size}
 pinned_images = image-f
 pinned_files = swap_*
 """
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """In-process runs point the root logger at a stream that dies with the run."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @dataclass

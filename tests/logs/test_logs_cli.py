@@ -8,9 +8,7 @@ from __future__ import annotations
 import glob
 import gzip
 import json
-import logging
 import os
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,16 +22,6 @@ from novakeeper.logs import diagnose, sources
 
 TZ = ["--tz-offset", "compute2/*=+01:00"]
 DISK_FULL = next(s for s in diagnose.load() if s.id == "disk-full-base").sample.strip("\n")
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """In-process runs point the root logger at a stream that dies with the run."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")

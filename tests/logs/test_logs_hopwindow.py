@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -228,16 +226,6 @@ def test_a_windowed_pass_skips_files_outside_and_bisects_the_others(tmp_path: Pa
     with scan.Scanner(found, late, jobs=1) as sc:
         sc.run(needles)
         assert sc.run(needles, windows=window).hits == []
-
-
-@pytest.fixture
-def _restore_logging() -> Iterator[None]:
-    """In-process runs point the root logger at a stream that dies with the run."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[object, str, str]:

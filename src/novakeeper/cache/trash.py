@@ -47,12 +47,14 @@ class TrashEntry:
                 "trashed_at": self.trashed_at, "purge_at": self.purge_at(grace)}
 
 
-def scan_trash(cache_path: str) -> list[TrashEntry]:
-    """Regular files in the trash; anything else there is left alone."""
-    folder = os.path.join(cache_path, TRASH_NAME)
+def regular_files(cache_path: str, folder_name: str) -> list[tuple[os.DirEntry[str],
+                                                                   os.stat_result]]:
+    """(entry, lstat) of the regular files in one of novakeeper's own folders inside the
+    cache, by name; nothing when the folder is missing or is not a folder (a link is
+    never followed). Anything else in there is left alone."""
+    folder = os.path.join(cache_path, folder_name)
     try:
-        st = os.lstat(folder)
-        if not stat.S_ISDIR(st.st_mode):
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
             return []
         entries = list(os.scandir(folder))
     except OSError:
@@ -64,11 +66,16 @@ def scan_trash(cache_path: str) -> list[TrashEntry]:
         except OSError:
             continue
         if stat.S_ISREG(st.st_mode):
-            out.append(TrashEntry(entry.name, entry.path, classify(entry.name).kind,
-                                  st.st_size, st.st_blocks * 512, st.st_ctime, st.st_dev,
-                                  st.st_ino, st.st_nlink))
-    out.sort(key=lambda e: e.name)
+            out.append((entry, st))
+    out.sort(key=lambda pair: pair[0].name)
     return out
+
+
+def scan_trash(cache_path: str) -> list[TrashEntry]:
+    """Regular files in the trash."""
+    return [TrashEntry(e.name, e.path, classify(e.name).kind, st.st_size, st.st_blocks * 512,
+                       st.st_ctime, st.st_dev, st.st_ino, st.st_nlink)
+            for e, st in regular_files(cache_path, TRASH_NAME)]
 
 
 def open_trash(cache_fd: int, create: bool) -> int | None:

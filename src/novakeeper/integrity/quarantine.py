@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 from dataclasses import dataclass
 from typing import Any
 
 from novakeeper.cache.layout import QUARANTINE_NAME
+from novakeeper.cache.trash import regular_files
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,24 +39,9 @@ class QuarantineEntry:
 
 def scan_quarantine(cache_path: str) -> list[QuarantineEntry]:
     """Regular files in the quarantine (for status, metrics and the operator)."""
-    folder = os.path.join(cache_path, QUARANTINE_NAME)
-    try:
-        if not stat.S_ISDIR(os.lstat(folder).st_mode):
-            return []
-        entries = list(os.scandir(folder))
-    except OSError:
-        return []
-    out = []
-    for entry in entries:
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            out.append(QuarantineEntry(entry.name, entry.path, st.st_size, st.st_blocks * 512,
-                                       st.st_ctime, st.st_dev, st.st_ino))
-    out.sort(key=lambda e: e.name)
-    return out
+    return [QuarantineEntry(e.name, e.path, st.st_size, st.st_blocks * 512, st.st_ctime,
+                            st.st_dev, st.st_ino)
+            for e, st in regular_files(cache_path, QUARANTINE_NAME)]
 
 
 def open_quarantine(cache_fd: int, create: bool) -> int | None:
