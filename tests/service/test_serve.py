@@ -248,3 +248,16 @@ def test_the_service_verifies_and_reports_a_corrupt_in_use_base_loudly(
     assert m["novakeeper_cache_in_use_corrupt_bases"] == 1
     assert svc.stop() == 0
     assert os.path.isfile(base)  # in use: reported, never moved
+
+
+def test_a_metrics_port_already_taken_is_a_one_line_error(tree: Tree) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = run_cli(*tree.cli("cache", "serve", "--metrics-port", str(port)))
+    assert proc.returncode == 2
+    [line] = [x for x in proc.stderr.splitlines() if "novakeeper: error:" in x]
+    assert line == (f"novakeeper: error: --metrics-port: cannot listen on 127.0.0.1:{port}: "
+                    "Address already in use")
+    assert "Traceback" not in proc.stderr

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from novakeeper.cache.inventory import Inventory, Scanner
-from novakeeper.cache.layout import TRASH_NAME
+from novakeeper.cache.inventory import Inventory, Problem, Scanner
+from novakeeper.cache.layout import TRASH_NAME, BaseKind
 from novakeeper.cache.locks import NovaLocks, nova_lock_dir
 from novakeeper.cache.plan import Decision, Plan, Verdict
 from novakeeper.cache.trash import move_in, open_trash, restore
@@ -108,6 +108,11 @@ def nova_lock_name(name: str) -> str:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def _holder(inventory: Inventory, kind: BaseKind, name: str) -> Problem | None:
+    """The first problem that holds this file, if any."""
+    return next((p for p in inventory.problems if p.holds(kind, name)), None)
 
 
 def _exists(fd: int, name: str) -> bool:
@@ -242,10 +247,8 @@ class Executor:
         users = inventory.users_of(d.name)
         if users:
             return f"now in use by {users[0].path}"
-        for problem in inventory.problems:
-            if problem.holds(base.kind, base.name):
-                return f"now held by {problem.code} at {problem.path}"
-        return None
+        problem = _holder(inventory, base.kind, base.name)
+        return None if problem is None else f"now held by {problem.code} at {problem.path}"
 
     def _fresh_sibling(self, fd: int, d: Decision) -> str | None:
         """A .part/.converted of this very file touched recently: nova is (re)making it."""
@@ -355,11 +358,10 @@ class Executor:
 
     def _held_now(self, d: Decision) -> str | None:
         """With the file renamed aside: does anything on the node now hold it?"""
-        inventory = self.scanner.refresh()
-        for problem in inventory.problems:
-            if problem.holds(d.kind, d.name):
-                return f"{problem.code} at {problem.path} appeared during the removal"
-        return None
+        problem = _holder(self.scanner.refresh(), d.kind, d.name)
+        if problem is None:
+            return None
+        return f"{problem.code} at {problem.path} appeared during the removal"
 
     def _journal_end(self, entry: int | None, outcome: Outcome) -> None:
         if self.journal is None or entry is None:

@@ -234,12 +234,6 @@ def trash_frees(inventory: Inventory) -> int:
     return sum(t.frees for t in inventory.trash)
 
 
-def _idle_since(f: Facts) -> float:
-    """Last evidence of use: the later of the last scan that saw it in use and its
-    mtime (nova and novakeeper touch in-use bases; a download sets it too)."""
-    return max(f.base.mtime, f.last_used if f.last_used is not None else f.base.mtime)
-
-
 def rule_evict_least_recently_used(
     chosen: list[tuple[Facts, Decision]], config: PolicyConfig, observed: Observed,
     inventory: Inventory, now: float,
@@ -261,14 +255,14 @@ def rule_evict_least_recently_used(
         if d.removes:
             continue
         if d.verdict in EVICTABLE_VERDICTS and f.base.kind in EVICTABLE_KINDS:
-            if now - _idle_since(f) < budget.eviction_min_age_seconds:
+            if now - d.idle_since() < budget.eviction_min_age_seconds:
                 kept["too young to evict"] += d.allocated
             elif f.base.nlink > 1:
                 kept["hard-linked"] += d.allocated
             elif d.allocated == 0:
                 pass  # evicting it would free nothing
             else:
-                candidates.append((_idle_since(f), d.name, i))
+                candidates.append((d.idle_since(), d.name, i))
             continue
         kept[str(d.verdict)] += d.allocated
     evicted = by_eviction = 0

@@ -9,6 +9,7 @@ node can throw at a pass (a bad disk, a full log, a locked database) stops the s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -92,7 +93,13 @@ class Service:
         settings = self.load()  # a bad configuration at start is an error: exit non-zero
         self.install_signals()
         if self.outputs.metrics_port is not None:
-            self.metrics.serve(self.outputs.metrics_port, self.outputs.metrics_address)
+            try:
+                self.metrics.serve(self.outputs.metrics_port, self.outputs.metrics_address)
+            except OSError as exc:  # port taken, address not ours: say so, in one line
+                raise NovakeeperError(
+                    ExitCode.USAGE, f"--metrics-port: cannot listen on "
+                    f"{self.outputs.metrics_address}:{self.outputs.metrics_port}: "
+                    f"{exc.strerror or exc}") from None
         self._announce(settings)
         self.notifier.ready(self._status(settings, "started"))
         next_pass = time.monotonic()
@@ -190,19 +197,22 @@ class Service:
     def _one_pass(self, settings: Settings) -> Plan | None:
         cleaning = settings.service_mode == "clean"
         self.notifier.status(self._status(settings, "scanning"))
-        if not cleaning:
-            with plan_pass(settings, scanner=self.scanner) as result:
-                self.scanner = result.scanner
-                self._log_changes(result.plan)
-                self.metrics.observe_plan(result.inventory, result.plan)
-                self._verify_some(settings, result)
-                return result.plan
-        try:
-            with run_lock(settings.instances_path, settings.cache_path), plan_pass(
-                    settings, write_state=True, scanner=self.scanner) as result:
-                self.scanner = result.scanner
-                self._log_changes(result.plan)
-                self.metrics.observe_plan(result.inventory, result.plan)
+        with contextlib.ExitStack() as stack:
+            if cleaning:  # a plan only records; removing needs the run lock
+                try:
+                    stack.enter_context(run_lock(settings.instances_path,
+                                                 settings.cache_path))
+                except NovakeeperError as exc:
+                    if exc.code is not ExitCode.BUSY:
+                        raise
+                    LOG.info("Pass skipped: %s", exc.message)  # a cron clean does the work
+                    return None
+            result = stack.enter_context(plan_pass(settings, write_state=cleaning,
+                                                   scanner=self.scanner))
+            self.scanner = result.scanner
+            self._log_changes(result.plan)
+            self.metrics.observe_plan(result.inventory, result.plan)
+            if cleaning:
                 executor = executor_for(result, settings)
                 executor.should_stop = self.should_stop
                 report = executor.run()
@@ -211,14 +221,9 @@ class Service:
                 LOG.info("Removed %d files (%d to the trash), freed %s; skipped %d, failed "
                          "%d", len(report.removed), len(report.trashed),
                          human_bytes(report.freed), len(report.skipped), len(report.failed))
-                if not self.stop_requested:
-                    self._verify_some(settings, result)
-                return result.plan
-        except NovakeeperError as exc:
-            if exc.code is ExitCode.BUSY:  # a cron clean is doing the work: not a failure
-                LOG.info("Pass skipped: %s", exc.message)
-                return None
-            raise
+            if not self.stop_requested:
+                self._verify_some(settings, result)
+            return result.plan
 
     def _verify_some(self, settings: Settings, result: Pass) -> None:
         """A few files' checksums per pass ([novakeeper] verify_files_per_pass), least
