@@ -25,11 +25,8 @@ import argparse
 import dataclasses
 import gc
 import os
-import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 
@@ -39,7 +36,7 @@ from novakeeper.cache.passes import plan_pass
 from novakeeper.cache.plan import Verdict
 from novakeeper.cache.policy import cache_bytes
 from novakeeper.settings import Settings
-from scan import bench_settings, build_tree, machine, source_state
+from scan import bench_settings, built_node, node_args, source_state
 
 TARGET = 1.5
 
@@ -65,19 +62,10 @@ def timed(settings: Settings, use_state: bool) -> tuple[float, float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--disks", type=int, default=10000)
-    ap.add_argument("--bases-ratio", type=int, default=5)
+    node_args(ap)
     ap.add_argument("--runs", type=int, default=9)
-    ap.add_argument("--seed", type=int, default=2026)
     args = ap.parse_args(argv)
-    binary = shutil.which("qemu-img")
-    if binary is None:
-        raise SystemExit("bench: needs qemu-img (Debian: apt-get install qemu-utils)")
-    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine().items()), flush=True)
-    root = tempfile.mkdtemp(prefix="novakeeper-bench-budget-")
-    try:
-        tree = build_tree(root, args.disks, args.bases_ratio, random.Random(args.seed),
-                          binary)
+    with built_node(args, "novakeeper-bench-budget-") as tree:
         plain = bench_settings(tree.instances_path)
         with plan_pass(plain, use_state=False) as first:
             total = cache_bytes(first.inventory) - first.plan.frees
@@ -94,8 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for _ in range(args.runs):  # interleaved: drift hits both alike
             plain_runs.append(timed(plain, use_state=False))
             budget_runs.append(timed(budgeted, use_state=True))
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
     p_wall = statistics.median(w for w, _ in plain_runs)
     b_wall = statistics.median(w for w, _ in budget_runs)
     p_cpu = statistics.median(c for _, c in plain_runs)

@@ -461,6 +461,28 @@ class Result:
         return b.total / self.plan_median
 
 
+def node_args(ap: argparse.ArgumentParser) -> None:
+    """The node options the other benchmarks share (bench/budget.py, bench/service.py)."""
+    ap.add_argument("--disks", type=int, default=10000)
+    ap.add_argument("--bases-ratio", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=2026)
+
+
+@contextlib.contextmanager
+def built_node(args: argparse.Namespace, prefix: str) -> Iterator[Tree]:
+    """The node of node_args in a throwaway folder, removed afterwards; prints the
+    machine first, as every benchmark does."""
+    binary = shutil.which("qemu-img")
+    if binary is None:
+        raise SystemExit("bench: needs qemu-img (Debian: apt-get install qemu-utils)")
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in machine().items()), flush=True)
+    root = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield build_tree(root, args.disks, args.bases_ratio, random.Random(args.seed), binary)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def tree_root(keep: str | None, size: int) -> Iterator[str]:
     if keep:
