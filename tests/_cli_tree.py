@@ -135,6 +135,7 @@ def build_tree(root: str, broken_swap: bool = False) -> Tree:
     b = os.path.join(ipath, UUID_B)
     os.makedirs(b)
     make_overlay(os.path.join(b, "disk"), used_b)
+    open(os.path.join(b, "console.log"), "w").close()  # nova made it after the last disk
     os.makedirs(os.path.join(ipath, "locks"))
     if broken_swap:
         d = os.path.join(ipath, UUID_BROKEN + "_del")

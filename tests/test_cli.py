@@ -629,6 +629,7 @@ def _lying_backing_format(tree: Tree) -> str:
     """
     folder = os.path.join(tree.instances_path, "0d0d0d0d-0000-4000-8000-00000000000d")
     os.makedirs(folder)
+    open(os.path.join(folder, "console.log"), "w").close()  # a finished spawn
     base = make_base(tree.cache_file(image_hash("image-behind-a-lie")), age=3 * DAY)
     mid = make_overlay(os.path.join(folder, "snap.qcow2"), base)
     make_overlay(os.path.join(folder, "disk"), mid, backing_format="raw")

@@ -95,6 +95,7 @@ def tree(tmp_path: Path, _private_state_database: Path) -> BudgetTree:
     for n, name in enumerate((A, B, C, E), start=1):
         folder = instances / f"{n:08x}-0000-4000-8000-{n:012x}"
         folder.mkdir()
+        (folder / "console.log").touch()  # a finished spawn
         make_overlay(str(folder / "disk"), str(cache / name))
         folders[name] = folder
     # earlier scans: A, B and C were in use 20, 10 and 3 days ago, then their instances went

@@ -96,6 +96,26 @@ def test_ignore_unreadable_lets_a_broken_disk_hold_nothing(tmp_path: Path) -> No
     assert plan["summary"]["problems"] == 1  # still listed
 
 
+def test_ignore_unreadable_applies_to_the_executor_too(tmp_path: Path) -> None:
+    """The executor re-checks by the plan's rules and options: with one corrupt disk on the
+    node, `clean --ignore-unreadable` removes what its plan says (it used to skip every
+    file as 'now held by disk-corrupt' and exit 6)."""
+    tree = build_tree(str(tmp_path / "node"), broken_swap=True)
+    proc = run_cli(*tree.cli("cache", "clean", "--yes", "--json", "--ignore-unreadable"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)["result"]
+    removed = {o["name"] for o in result["outcomes"] if o["action"] == "removed"}
+    assert SWAP_OLD in removed
+    assert removed == tree.removable | {SWAP_OLD}
+    assert not [o for o in result["outcomes"] if o["action"] == "skipped"]
+    assert not os.path.exists(tree.cache_file(SWAP_OLD))
+    # without the option the same node keeps it, and says why
+    tree2 = build_tree(str(tmp_path / "node2"), broken_swap=True)
+    proc = run_cli(*tree2.cli("cache", "clean", "--yes"))
+    assert proc.returncode == ExitCode.PROBLEMS
+    assert os.path.exists(tree2.cache_file(SWAP_OLD))
+
+
 def test_status_shows_shared_storage_and_orphaned_locks(tree: Tree) -> None:
     now = time.time()
     with open(os.path.join(tree.instances_path, "compute_nodes"), "w") as f:

@@ -283,7 +283,9 @@ def _clean(result: Pass, conf: settings.Settings, yes: bool, as_json: bool) -> N
         assert result.plan.budget is not None
         raise NovakeeperError(ExitCode.SHORTFALL, "cannot meet the cache budget: "
                               + result.plan.budget.shortfall_words())
-    faults = [p for p in result.plan.problems if not p.transient]
+    # with --ignore-unreadable a broken disk still shows, but holds nothing: no failure
+    faults = [p for p in result.plan.problems
+              if not p.transient and (p.holds_kinds or p.holds_names)]
     if faults:
         raise NovakeeperError(
             ExitCode.PROBLEMS,

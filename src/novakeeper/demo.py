@@ -184,6 +184,8 @@ def build_sandbox(root: str, instances: int = 300, now: float | None = None,
     legacy = os.path.join(ipath, "instance-0000a1f3")
     os.makedirs(legacy)
     disks.make(os.path.join(legacy, "disk"), originals[images[3]])
+    with open(os.path.join(legacy, "console.log"), "w") as log:  # made after the disks
+        log.write("[    0.000000] Linux version 3.2.0\n")
     # Three-deep chain with relative names: disk -> snap.qcow2 -> ../_base/<original>.
     _, d = instance_dir()
     subprocess.run([binary, "create", "-q", "-f", "qcow2", "-b",

@@ -67,6 +67,13 @@ IMAGE_CACHE_OPTS: list[cfg.Opt] = [
 NOVAKEEPER_OPTS: list[cfg.Opt] = [
     cfg.IntOpt("stale_partial_seconds", default=3600, min=0,
                help="A .part/.converted file untouched this long is a dead download."),
+    cfg.IntOpt("spawn_hold_seconds", default=120, min=0,
+               help="A young instance folder whose disks are not all created yet, and a "
+                    "base modified this recently, are held: a spawn may be between "
+                    "nova's unlocked look for the base and its disk's creation."),
+    cfg.IntOpt("removal_batch_size", default=128, min=1,
+               help="Removals decided by one rescan of the node; as many of nova's locks "
+                    "are held at once while it is re-checked."),
     cfg.BoolOpt("touch_in_use", default=True,
                 help="clean marks in-use bases by setting their mtime to now, as nova does."),
     cfg.StrOpt("max_cache_size", sample_default="50G",
@@ -137,6 +144,7 @@ class Settings:
     config_files: tuple[str, ...]
     state_path: str = DEFAULT_STATE_PATH
     lock_wait_seconds: float = 5.0
+    removal_batch_size: int = 128
     service_mode: str = "plan"
     usage_sources: tuple[str, ...] = ("open-files",)
     libvirt_uri: str = "qemu:///system"
@@ -289,6 +297,7 @@ def load(
             remove_unused_resized_minimum_age_seconds=ic[
                 "remove_unused_resized_minimum_age_seconds"],
             stale_partial_seconds=nk["stale_partial_seconds"],
+            spawn_hold_seconds=nk["spawn_hold_seconds"],
             budget=budget,
             trash_grace_seconds=nk["trash_grace_seconds"],
         ),
@@ -296,6 +305,7 @@ def load(
         config_files=tuple(files),
         state_path=os.path.abspath(state_path),
         lock_wait_seconds=nk["lock_wait_seconds"],
+        removal_batch_size=nk["removal_batch_size"],
         service_mode=nk["service_mode"],
         usage_sources=tuple(dict.fromkeys(nk["usage_sources"])),
         libvirt_uri=_libvirt_uri(values["libvirt"]),

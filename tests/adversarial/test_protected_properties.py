@@ -205,6 +205,7 @@ class Tree:
             uuid = f"{n:08x}-0000-4000-8000-{n:012x}"
             folder = self.instances / pattern.format(uuid=uuid, n=n)
             folder.mkdir()
+            (folder / "console.log").touch()  # a finished spawn
             for name, target in disks:
                 self.make_disk(folder / name, target, snapshots)
         for path in [*self.bases, *self.cache_links]:

@@ -7,13 +7,16 @@ qcow2 instance, with the same lock (oslo.concurrency external lock `nova-<name>`
 `$instances_path/locks`, i.e. `utils.synchronized(filename, external=True, lock_path=...)`):
 
     _create_image:   the instance folder is made first (ensure_tree)
+    by_name('disk'): Qcow2's constructor writes the disk's entry into disk.info
     Qcow2.create_image:
         if not exists(base): fetch_func_sync(base)      # under the lock: re-check, then
                                                         #   write <base>.part, rename it
         _update_utime_ignore_eacces(base)                # no lock
         verify_base_size(base)                           # no lock (reads the header)
         copy_qcow2_image(base, disk)                     # under the lock, a second hold
-    delete: the folder renamed to <uuid>_del, then removed (rm -r)
+    spawn:           console.log, right after the last disk
+    delete: the folder renamed to <uuid>_del, then removed (rm -r); a base no live instance
+            uses is then backdated a day ("time passes"), so clean wants it again at once
 
 Its bases are raw files; its disks are copies of one qcow2 made by qemu-img once, with the
 backing name (same length for every base) patched in, so novakeeper's native reader
@@ -29,6 +32,7 @@ NOVAKEEPER_RACE_SEED the player's random seed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -81,6 +85,7 @@ class Nova:
         self.rng = random.Random(seed)
         self.fast_path = fast_path
         self.live: dict[str, tuple[str, str, int]] = {}  # uuid -> (disk, base, base inode)
+        self.live_base: dict[str, str] = {}
         self.violations: list[str] = []
         self.stats: Counter[str] = Counter()
 
@@ -112,6 +117,11 @@ class Nova:
         instance = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         folder = os.path.join(self.instances, instance)
         os.mkdir(folder)  # _create_image: the instance folder exists before the fetch
+        disk = os.path.join(folder, "disk")
+        info = os.path.join(folder, "disk.info")  # Image.resolve_driver_format
+        with open(info + ".tmp", "w") as f:
+            f.write(json.dumps({disk: "qcow2"}) + "\n")
+        os.rename(info + ".tmp", info)
         # Qcow2.create_image: nova 34 looks without the lock first (fast_path); otherwise
         # every spawn goes through fetch_func_sync, which takes the lock and re-checks.
         how = "fetched"
@@ -141,11 +151,13 @@ class Nova:
                                "the disk")
                 shutil.rmtree(folder)
                 return
-            disk = os.path.join(folder, "disk")
             data = self.template.replace(self.template_backing, base.encode())
             with open(disk, "xb") as f:
                 f.write(data)
+        with open(os.path.join(folder, "console.log"), "w"):  # spawn: after the disks
+            pass
         self.live[instance] = (disk, base, st.st_ino)
+        self.live_base[instance] = base
         self.stats["spawned"] += 1
 
     def delete(self) -> None:
@@ -156,6 +168,11 @@ class Nova:
         os.rename(folder, folder + "_del")  # nova's delete_instance_files
         shutil.rmtree(folder + "_del")
         self.stats["deleted"] += 1
+        base = self.live_base.pop(instance)
+        if base not in self.live_base.values():  # a day passes: clean wants it again
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(base, (1, 1))
+                self.stats["backdated"] += 1
 
     def check(self, instance: str) -> None:
         disk, base, ino = self.live[instance]
@@ -238,6 +255,9 @@ ROUNDS = int(os.environ.get("NOVAKEEPER_RACE_ROUNDS", "1000"))
 SEED = int(os.environ.get("NOVAKEEPER_RACE_SEED", "0")) or random.randrange(1, 1 << 30)
 STALE_PARTIAL_SECONDS = 30
 """Small, but far longer than any spawn's window between fetch and disk on a busy CI box."""
+SPAWN_HOLD_SECONDS = 30
+"""Likewise: far longer than a spawn's unlocked window, short enough that the bases the
+player backdates are removed again and again."""
 
 
 def zero_age_settings(instances: str, state: str) -> Settings:
@@ -245,7 +265,8 @@ def zero_age_settings(instances: str, state: str) -> Settings:
         instances_path=instances, subdirectory_name="_base", manager_interval=0, host="race",
         policy=PolicyConfig(remove_unused_original_minimum_age_seconds=0,
                             remove_unused_resized_minimum_age_seconds=0,
-                            stale_partial_seconds=STALE_PARTIAL_SECONDS),
+                            stale_partial_seconds=STALE_PARTIAL_SECONDS,
+                            spawn_hold_seconds=SPAWN_HOLD_SECONDS),
         touch_in_use=True, config_files=(), state_path=state, lock_wait_seconds=5.0)
 
 
@@ -313,8 +334,9 @@ def describe(result: dict, seen: Counter[str]) -> str:
 
 # nova's own fast path: Qcow2.create_image checks os.path.exists(base) WITHOUT the lock
 # and, when the base is there, does not fetch; it takes the lock only later, to create
-# the disk. The executor closes it by renaming the base aside, re-checking for spawning
-# folders, then unlinking it or putting it back.
+# the disk. The instance folder exists before that look: the executor rescans under
+# nova's lock (a young folder whose disk is missing holds its bases), then looks at
+# instances_path once more right before each unlink; a new entry means another rescan.
 
 
 @pytest.mark.parametrize("fast_path", [
@@ -346,35 +368,70 @@ def test_clean_with_zero_ages_never_removes_a_base_nova_uses(tmp_path: Path,
     print(words)
 
 
-def test_novas_unlocked_exists_check_is_covered(tmp_path: Path) -> None:
-    """Deterministic: nova's unlocked exists check lands between clean's re-check under
-    the lock and its unlink (there: while the removal is being journaled)."""
-    from novakeeper.cache.executor import Executor
-    from novakeeper.cache.locks import NovaLocks, nova_lock_dir
-    from novakeeper.state import journal
+def _spawn_begins(instances: Path, base: Path) -> bool:
+    """What nova 34 does before it uses an existing base: the folder, the disk.info entry,
+    then `os.path.exists(base)` without any lock. Returns what that look saw."""
+    folder = instances / str(uuid.uuid4())
+    folder.mkdir()  # _create_image
+    (folder / "disk.info").write_text(json.dumps({os.fspath(folder / "disk"): "qcow2"}))
+    return base.exists()  # Qcow2.create_image's unlocked look
 
+
+def _one_removable(tmp_path: Path) -> tuple[Path, Path, Settings]:
     instances = tmp_path / "instances"
     (instances / "_base").mkdir(parents=True)
-    name = base_name(0)
-    base = instances / "_base" / name
+    base = instances / "_base" / base_name(0)
     base.write_bytes(b"\1" * BASE_BYTES)
-    settings = zero_age_settings(os.fspath(instances), os.fspath(tmp_path / "state.db"))
-    result = plan_pass(settings, write_state=True)
-    assert [d.name for d in result.plan.removals] == [name]
-    spawned: list[bool] = []
+    os.utime(base, (1, 1))
+    return instances, base, zero_age_settings(os.fspath(instances),
+                                              os.fspath(tmp_path / "state.db"))
+
+
+def test_a_spawn_that_looks_while_the_batch_is_journaled_keeps_its_base(
+        tmp_path: Path) -> None:
+    """Deterministic: nova's unlocked look lands after clean took nova's lock, while it
+    writes the journal's 'before' rows. The rescan that follows sees the young folder."""
+    from novakeeper.state import journal
+
+    instances, base, settings = _one_removable(tmp_path)
+    seen: list[bool] = []
 
     class NovaSpawnsDuringTheJournalWrite(journal.Journal):
-        def begin(self, d, frees, now):  # type: ignore[no-untyped-def]
-            folder = instances / str(uuid.uuid4())
-            folder.mkdir()  # _create_image
-            spawned.append(base.exists())  # create_image's unlocked os.path.exists(base)
-            return super().begin(d, frees, now)
+        def begin_many(self, items, now):  # type: ignore[no-untyped-def]
+            seen.append(_spawn_begins(instances, base))
+            return super().begin_many(items, now)
 
-    assert result.state is not None
-    with result:
-        Executor(result.scanner, result.inventory, result.plan, False,
-                 NovaSpawnsDuringTheJournalWrite(result.state, result.plan.policy),
-                 NovaLocks(nova_lock_dir(settings.instances_path), 5.0),
-                 settings.policy.stale_partial_seconds).run()
-    assert spawned == [True]  # nova saw the base, so it will not fetch it again...
-    assert base.exists(), "...so clean must have put it back"
+    with plan_pass(settings, write_state=True) as result:
+        assert [d.name for d in result.plan.removals] == [base.name]
+        executor = executor_for(result, settings)
+        assert result.state is not None
+        executor.journal = NovaSpawnsDuringTheJournalWrite(result.state, result.plan.policy)
+        report = executor.run()
+    assert seen == [True]  # nova saw the base, so it will not fetch it...
+    assert base.exists(), "...so clean must keep it"
+    [o] = report.outcomes
+    assert o.action is Action.SKIPPED and "spawning" in o.reason
+
+
+def test_a_spawn_that_looks_after_the_rescan_keeps_its_base(tmp_path: Path) -> None:
+    """Deterministic: nova's unlocked look lands after clean's rescan and judgement, before
+    the unlink. The last look at instances_path sees the new folder: rescan, then kept."""
+    instances, base, settings = _one_removable(tmp_path)
+    seen: list[bool] = []
+    with plan_pass(settings, write_state=True) as result:
+        executor = executor_for(result, settings)
+        judge = executor.rejudge
+
+        def judge_then_nova_looks(inventory, now, planned):  # type: ignore[no-untyped-def]
+            verdicts = judge(inventory, now, planned)
+            if not seen:
+                seen.append(_spawn_begins(instances, base))
+            return verdicts
+
+        executor.rejudge = judge_then_nova_looks
+        report = executor.run()
+    assert seen == [True]
+    assert base.exists()
+    assert executor.rescans == 2  # the new folder sent the batch back for a second look
+    [o] = report.outcomes
+    assert o.action is Action.SKIPPED and "spawning" in o.reason

@@ -155,13 +155,18 @@ class Node:
         self.inventory = self.scanner.scan(now=NOW)
         return self.inventory
 
+    config: PolicyConfig | None = None
+    """The policy of the last plan: the executor re-checks by the same rules."""
+
     def plan(self, config: PolicyConfig | None = None, now: float = NOW) -> Plan:
         inventory = self.scan()
-        return decide(inventory, config or PolicyConfig(), now)
+        self.config = config or PolicyConfig()
+        return decide(inventory, self.config, now)
 
     def execute(self, plan: Plan, touch_in_use: bool = True) -> Report:
         assert self.scanner is not None and self.inventory is not None, "plan first"
-        return Executor(self.scanner, self.inventory, plan, touch_in_use).run()
+        return Executor(self.scanner, self.inventory, plan, touch_in_use,
+                        config=self.config).run()
 
 
 def by_name(plan: Plan) -> dict[str, Decision]:

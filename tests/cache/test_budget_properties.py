@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from _inventory_data import DAY, HOUR, KiB, MiB, base_file, inventory, sha1
 from novakeeper.cache.budget import BudgetConfig, FsUsage, measure, watermarks
 from novakeeper.cache.plan import Verdict
-from novakeeper.cache.policy import Observed, PolicyConfig, decide
+from novakeeper.cache.policy import Observed, PolicyConfig, decide, recheck
 from novakeeper.state.pins import Pin, Pins
 
 NOW = 1_700_000_000.0
@@ -121,6 +121,10 @@ def test_eviction_meets_the_budget_or_reports_the_shortfall(case):
     items, config, fs = case
     inv, observed = build(items, fs)
     plan = decide(inv, config, NOW, observed)
+    # one judgement: the executor's re-check lets go exactly what the plan removes
+    again = recheck(inv, config, NOW, observed, plan.decisions)
+    assert {d.name for d in plan.decisions if again[d.name] is None} == {
+        d.name for d in plan.removals}
     budget = config.budget
 
     # eviction only adds EVICT verdicts to what nova's age rules decide
@@ -163,6 +167,7 @@ def test_eviction_meets_the_budget_or_reports_the_shortfall(case):
                 if p.verdict in (Verdict.TOO_YOUNG, Verdict.KEPT_BY_CONFIG)
                 and by_name[p.name].kind in EVICTABLE and by_name[p.name].nlink == 1
                 and idle(p.name) >= budget.eviction_min_age_seconds
+                and by_name[p.name].age >= config.spawn_hold_seconds
                 and p.allocated > 0]  # evicting an empty file frees nothing
     assert {d.name for d in evicted} <= set(eligible)
     for d in evicted:

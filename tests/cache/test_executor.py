@@ -167,7 +167,7 @@ def test_skips_a_base_held_by_a_problem_met_after_the_plan(node):
 
     outcomes = {o.name: o for o in report.outcomes}
     assert outcomes[swap.name].action is Action.SKIPPED
-    assert outcomes[swap.name].reason.startswith("now held by disk-corrupt")
+    assert outcomes[swap.name].reason.startswith("now held: disk-corrupt")
     assert swap.exists()
     assert outcomes[orig.name].action is Action.REMOVED
 

@@ -1,4 +1,4 @@
-"""nova's per-base lock, the fresh-sibling rule, the spawning hold and the run lock, with
+"""nova's per-base lock, the fresh-sibling rule and the run lock, with
 real locks held by real processes (POSIX locks never block their own process)."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,6 @@ import pytest
 from _tree import DAY, NOW, Node, set_age, sha1
 
 from novakeeper.cache.executor import Action, Executor
-from novakeeper.cache.inventory import ProblemCode, Scanner
 from novakeeper.cache.locks import (
     RUN_LOCK_NAME,
     NovaLocks,
@@ -23,8 +21,6 @@ from novakeeper.cache.locks import (
     orphaned_locks,
     run_lock,
 )
-from novakeeper.cache.plan import Verdict
-from novakeeper.cache.policy import PolicyConfig, decide
 from novakeeper.errors import ExitCode, NovakeeperError
 
 OLD = 30 * DAY
@@ -119,33 +115,6 @@ def test_a_stale_part_does_not_keep_its_base(node: Node) -> None:
     plan = node.plan()
     report = executor(node, plan).run()
     assert {o.name for o in report.removed} == {base.name, part.name}
-
-
-def test_an_instance_folder_without_its_disk_holds_while_young(tmp_path: Path) -> None:
-    node = Node(tmp_path)
-    node.spawn_window = 3600.0
-    base = node.original("fresh-fetch", age=OLD)
-    folder = node.folder()  # nova made the instance folder, fetched the base, not the disk
-    (folder / "console.log").write_text("")
-    config = PolicyConfig(remove_unused_original_minimum_age_seconds=0)
-    scanner = Scanner(os.fspath(node.instances), "_base", spawn_window=3600)
-    now = time.time()
-    plan = decide(scanner.scan(now=now), config, now)
-    d = {x.name: x for x in plan.decisions}[base.name]
-    assert d.verdict is Verdict.HELD and "spawning" in d.reason
-    assert [p.code for p in plan.problems] == [ProblemCode.SPAWNING]
-    assert all(p.transient for p in plan.problems)
-    # two hours on, a folder still without a disk is a volume-backed instance's: no hold,
-    # even though the folder's scan is reused (the clock decides at assembly time)
-    later = now + 2 * 3600
-    plan = decide(scanner.refresh_at(later), config, later)
-    assert {x.name: x for x in plan.decisions}[base.name].verdict is Verdict.REMOVE
-    assert plan.problems == ()
-    # once the disk exists, the base is in use
-    node.disk(folder, base)
-    plan = decide(scanner.scan(now=now), config, now)
-    assert {x.name: x for x in plan.decisions}[base.name].verdict is Verdict.IN_USE
-    assert plan.problems == ()
 
 
 def test_run_lock_lets_one_clean_in(node: Node) -> None:

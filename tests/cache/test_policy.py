@@ -119,7 +119,8 @@ def test_default_minimum_age_boundary(node, name, limit):
 def test_resized_and_original_thresholds_side_by_side(node, original_age, resized_age):
     """The same ages on files of each kind: each kind goes by its own threshold."""
     config = PolicyConfig(remove_unused_original_minimum_age_seconds=original_age,
-                          remove_unused_resized_minimum_age_seconds=resized_age)
+                          remove_unused_resized_minimum_age_seconds=resized_age,
+                          spawn_hold_seconds=0)
     h = sha1("side")
     ages = sorted({original_age, max(original_age - 1, 0), resized_age,
                    max(resized_age - 1, 0)})
@@ -134,6 +135,21 @@ def test_resized_and_original_thresholds_side_by_side(node, original_age, resize
             node.base(name, age=age)
             expected[name] = "remove" if age >= limit else "too-young"
     assert verdicts(node.plan(config)) == expected
+
+
+def test_zero_ages_still_wait_out_the_spawn_hold(node):
+    """Nova touches a base right before creating a disk on it, without its lock: with
+    minimum ages of zero, a base modified within spawn_hold_seconds is still too young."""
+    config = PolicyConfig(remove_unused_original_minimum_age_seconds=0,
+                          remove_unused_resized_minimum_age_seconds=0, spawn_hold_seconds=120)
+    touched = sha1("touched")
+    settled = sha1("settled")
+    node.base(touched, age=119)
+    node.base(settled, age=120)
+    plan = node.plan(config)
+    assert verdicts(plan) == {touched: "too-young", settled: "remove"}
+    assert "inside the spawn hold (2 min)" in by_name(plan)[touched].reason
+    assert by_name(plan)[touched].min_age == 120
 
 
 def test_boundary_by_clock_alone(node):
@@ -342,7 +358,8 @@ def test_policy_is_pure_and_replays_a_week(node, tmp_path):
     config = PolicyConfig()
     first = decide(inventory, config, NOW)
     assert first == decide(inventory, config, NOW)
-    assert verdicts(first) == {ORIGINAL: "too-young", f"{ORIGINAL}.part": "downloading"}
+    # a fresh .part of it: nova is fetching it again under its lock
+    assert verdicts(first) == {ORIGINAL: "held", f"{ORIGINAL}.part": "downloading"}
     week = decide(inventory, config, NOW + 7 * DAY)
     assert verdicts(week) == {ORIGINAL: "remove", f"{ORIGINAL}.part": "stale-partial"}
     assert first.policy["remove_unused_original_minimum_age_seconds"] == 86400

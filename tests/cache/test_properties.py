@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _tree import DAY, HOUR, MiB, Node, make_qcow2, sha1, uuid_for
+from _tree import DAY, HOUR, NOW, MiB, Node, make_qcow2, sha1, uuid_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from novakeeper.cache.executor import Action
-from novakeeper.cache.policy import PolicyConfig
+from novakeeper.cache.policy import Observed, PolicyConfig, recheck
 
 KINDS = ("original", "resized", "swap", "ephemeral", "partial", "converted", "info")
 PARTIALS = {"partial", "converted", "info"}
@@ -219,7 +219,8 @@ def expected_verdict(b: BaseSpec, protected: set[str], held: set[str],
         return "too-young" if b.kind == "info" else "downloading"
     limit = (config.remove_unused_resized_minimum_age_seconds if b.kind == "resized"
              else config.remove_unused_original_minimum_age_seconds)
-    return "remove" if b.age >= limit else "too-young"
+    # nova touches a base right before its disk is made: never within the spawn hold
+    return "remove" if b.age >= max(limit, config.spawn_hold_seconds) else "too-young"
 
 
 @settings(max_examples=50, deadline=None,
@@ -231,6 +232,10 @@ def test_random_trees_never_lose_a_live_base(spec, templates, workdir):
 
         plan = node.plan(spec.config)
         removals = {d.name for d in plan.removals}
+        # one judgement: the executor's re-check lets go exactly what the plan removes
+        assert node.inventory is not None
+        again = recheck(node.inventory, spec.config, NOW, Observed(), plan.decisions)
+        assert {name for name, why in again.items() if why is None} == removals
         verdict = {d.name: str(d.verdict) for d in plan.decisions}
 
         # (1) nothing in a readable disk's chain is ever planned for removal

@@ -149,14 +149,15 @@ def test_a_broken_config_on_sighup_keeps_the_old_one(tree: Tree,
     assert svc.stop() == 0
 
 
-def test_sigterm_mid_pass_finishes_the_current_removal_and_exits_0(
+def test_sigterm_mid_pass_finishes_the_current_batch_and_exits_0(
         tree: Tree, served: list[Served]) -> None:
     now = __import__("time").time()
     names = [f"{i:040x}" for i in range(1, 7)]
     for name in names:
         make_base(tree.cache_file(name), age=30 * DAY, now=now)
     with open(tree.config, "a") as f:
-        f.write("[novakeeper]\nservice_mode = clean\nlock_wait_seconds = 60\n")
+        f.write("[novakeeper]\nservice_mode = clean\nlock_wait_seconds = 60\n"
+                "removal_batch_size = 3\n")
     locks = os.path.join(tree.instances_path, "locks")
     # nova holds its lock on the third file: the pass is provably mid-way while it waits
     hold = subprocess.Popen(
@@ -170,17 +171,17 @@ def test_sigterm_mid_pass_finishes_the_current_removal_and_exits_0(
     svc = Served(tree, env={"OS_IMAGE_CACHE__MANAGER_INTERVAL": "3600"})
     served.append(svc)
     svc.wait_for("REMOVES what its plan allows")
-    svc.wait_for(f"Removing base file: {tree.cache_file(names[1])}")
+    # the first batch (three files) takes nova's locks before any removal
     svc.wait_for(f"Waiting up to 60 s for nova's lock {locks}/nova-{names[2]}")
     svc.signal(signal.SIGTERM)  # arrives while it waits for nova's lock
     assert hold.stdin is not None
-    hold.stdin.close()  # nova lets go: the current removal completes
+    hold.stdin.close()  # nova lets go: the current batch completes
     hold.wait(timeout=TIMEOUT)
     assert svc.stop() == 0
     assert any("Stopping between removals" in x for x in svc.seen), svc.seen[-10:]
     left = set(os.listdir(tree.cache_path))
-    assert not {names[0], names[1], names[2]} & left  # the one in progress finished
-    assert {names[3], names[4], names[5]} <= left  # nothing after it was started
+    assert not {names[0], names[1], names[2]} & left  # the batch in progress finished
+    assert {names[3], names[4], names[5]} <= left  # the next batch was not started
     assert tree.in_use <= left
     db = sqlite3.connect(os.environ["OS_NOVAKEEPER__STATE_PATH"])
     rows = dict(db.execute("SELECT name, outcome FROM journal").fetchall())

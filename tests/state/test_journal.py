@@ -25,6 +25,7 @@ from novakeeper.cache.policy import PolicyConfig, decide
 from novakeeper.state import journal, usage
 from novakeeper.state.db import open_state
 from novakeeper.state.journal import Entry, Journal
+from novakeeper.units import human_bytes
 
 NOW = 1_700_000_000.0
 NAME = sha1("image-old")
@@ -177,18 +178,18 @@ CRASHING_CLEAN = textwrap.dedent("""
     from novakeeper import cli
 
     target, when = sys.argv[1], sys.argv[2]
-    real_rename = os.rename
+    real_unlink = os.unlink
 
-    # the removal's decisive step: the rename aside into the trash (the unlink follows)
-    def rename(src, dst, *args, **kwargs):
-        if os.path.basename(os.fspath(src)) != target:
-            return real_rename(src, dst, *args, **kwargs)
+    # the removal's decisive step
+    def unlink(path, *args, **kwargs):
+        if os.path.basename(os.fspath(path)) != target:
+            return real_unlink(path, *args, **kwargs)
         if when == "after":
-            real_rename(src, dst, *args, **kwargs)
+            real_unlink(path, *args, **kwargs)
         print("AT-UNLINK", flush=True)
         sys.stdin.read()  # held here until SIGKILL
 
-    os.rename = rename
+    os.unlink = unlink
     cli.main(sys.argv[3:])
 """)
 
@@ -258,16 +259,16 @@ def test_sigkill_between_the_two_records_is_visible_then_settled(
     assert settled["id"] == entry["id"]
     assert settled["outcome"] == outcome
     assert settled["finished"] is not None
-    # renamed aside, not yet unlinked: its bytes are counted when the trash frees them
-    assert settled["bytes"] == 0
+    # unlinked before the crash: its bytes count as freed; kept: nothing freed
+    assert settled["bytes"] == (allocated if gone else 0)
     text = run_cli(*node, "cache", "history")
     assert outcome in text.stdout
-    assert text.stdout.rstrip().endswith("1 entries; 0 B freed")
-    if gone:  # the next clean unlinks it from the trash and counts it then
+    assert text.stdout.rstrip().endswith(
+        f"1 entries; {human_bytes(allocated) if gone else '0 B'} freed")
+    if gone:  # unlinked once, never renamed aside: nothing is left for the next clean
         assert run_cli(*node, "cache", "clean", "--yes").returncode == 0
         rows = history_json(node)
-        assert [(e["outcome"], e["bytes"]) for e in rows] == [
-            (outcome, 0), ("purged", allocated)]
+        assert [(e["outcome"], e["bytes"]) for e in rows] == [(outcome, allocated)]
 
 
 def test_after_a_crash_before_the_unlink_the_next_clean_removes_the_file(node, tmp_path):

@@ -8,6 +8,7 @@ relative path, a symlink or another mount of the same share is still recognised.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import stat
@@ -48,8 +49,9 @@ _FOLDER_RULES: tuple[tuple[re.Pattern[str], FolderKind], ...] = (
     (re.compile(r"(instance-[0-9a-f]{8})"), FolderKind.LEGACY),
 )
 
-SPAWN_WINDOW_SECONDS = 3600.0
-"""How long a young instance folder without its disk holds bases (stale_partial_seconds)."""
+SPAWN_WINDOW_SECONDS = 120.0
+"""How long a young instance folder whose disks are not all there holds bases
+([novakeeper] spawn_hold_seconds)."""
 
 # Files nova keeps in an instance folder that are never disk images.
 NOT_DISKS = frozenset({"console.log", "libvirt.xml", "disk.info"})
@@ -152,6 +154,9 @@ class Inventory:
     cache_ino: int = 0
     trash: tuple[TrashEntry, ...] = ()
     """Bases removed into the trash folder, waiting for their grace period to end."""
+    named: Mapping[str, tuple[tuple[Disk, str], ...]] = field(default_factory=dict)
+    """Base name -> (disk, backing path) of chains that reach it by name only: a backing
+    path outside the cache folder whose basename is this cache file's name."""
 
     def users_of(self, name: str) -> tuple[Disk, ...]:
         return self.users.get(name, ())
@@ -219,6 +224,11 @@ def scan_cache(cache_path: str) -> list[BaseFile]:
 # -- instance folders -----------------------------------------------------------------
 
 
+Edge = tuple[tuple[int, int], str | None, "Disk"]
+"""(device, inode) of a file a disk reads, the path it names it by (None for the disk
+itself), the disk. The path matters when no cache file has that identity: nova matches
+backing files to cache files by name (`os.path.basename`), so must we."""
+
 Fingerprint = tuple[int, int, int, int]
 """(dev, ino, mtime_ns, ctime_ns) of a file whose header a folder's scan read."""
 
@@ -240,8 +250,10 @@ class FolderScan:
     kind: FolderKind = FolderKind.OTHER
     instance: str = ""
     disks: list[Disk] = field(default_factory=list)
-    edges: list[tuple[tuple[int, int], Disk]] = field(default_factory=list)
+    edges: list[Edge] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    entries: frozenset[str] = frozenset()
+    """Every name in the folder: what the spawn hold reads (`disk`, `console.log`)."""
     files: dict[str, Fingerprint | None] = field(default_factory=dict)
     """Every file whose header was read (the folder's disks and their backing chains): a
     header rewritten in place (`qemu-img rebase`) changes no folder's mtime."""
@@ -292,6 +304,7 @@ def scan_folder(
             Problem(ProblemCode.FOLDER_UNREADABLE, path, detail, instance, ALL_KINDS)
         )
         return result
+    result.entries = frozenset(e.name for e in entries)
     for entry in entries:
         name = entry.name
         if not _is_candidate_disk(name):
@@ -327,9 +340,9 @@ def scan_folder(
         disk = _chained_disk(entry.path, instance, kind, info, chain)
         result.disks.append(disk)
         # a disk that is itself a cache file (a symbolic or hard link to it) uses that file
-        result.edges.append(((info.dev, info.ino), disk))
+        result.edges.append(((info.dev, info.ino), None, disk))
         for link in chain.links:
-            result.edges.append(((link.dev, link.ino), disk))
+            result.edges.append(((link.dev, link.ino), link.path, disk))
             if link.path not in result.files:  # from the probe's own fstat: no extra stat
                 result.files[link.path] = (link.dev, link.ino, *link.changed)
         if not chain.complete:
@@ -349,7 +362,7 @@ def _readlink(path: str) -> str:
 CHAINED_KINDS = frozenset({BaseKind.ORIGINAL, BaseKind.RESIZED, BaseKind.SWAP,
                            BaseKind.EPHEMERAL})
 
-CacheChain = tuple[tuple[int, int, float, int], list[tuple[tuple[int, int], Disk]], list[Problem]]
+CacheChain = tuple[tuple[int, int, float, int], list[Edge], list[Problem]]
 
 
 def cache_chain(base: BaseFile, cache_name: str, prober: CachedProber) -> CacheChain:
@@ -363,7 +376,7 @@ def cache_chain(base: BaseFile, cache_name: str, prober: CachedProber) -> CacheC
         return key, [], []
     chain = follow(info, prober)
     user = _chained_disk(base.path, f"{cache_name}/{base.name}", FolderKind.CACHE, info, chain)
-    edges = [((link.dev, link.ino), user) for link in chain.links]
+    edges: list[Edge] = [((link.dev, link.ino), link.path, user) for link in chain.links]
     # a cache file is not a disk of any class: a break holds only the file it names
     problems = [] if chain.complete else [_problem_for_chain(chain, base.path, None, frozenset())]
     return key, edges, problems
@@ -481,10 +494,13 @@ class Scanner:
 
     def _inventory(self, bases: list[BaseFile], now: float, cache_st: os.stat_result) -> Inventory:
         by_id: dict[tuple[int, int], list[BaseFile]] = {}
+        by_name: dict[str, BaseFile] = {}
         for base in bases:
             if base.kind not in (BaseKind.SYMLINK, BaseKind.DIRECTORY, BaseKind.SPECIAL):
                 by_id.setdefault((base.dev, base.ino), []).append(base)
+                by_name[base.name] = base
         users: dict[str, list[Disk]] = {}
+        named: dict[str, list[tuple[Disk, str]]] = {}
         disks: list[Disk] = []
         problems: list[Problem] = []
         edge_lists = [folder.edges for folder in self.folders.values()]
@@ -496,8 +512,19 @@ class Scanner:
             problems.extend(cache_problems)
         problems.extend(spawning(self.folders.values(), now, self.spawn_window))
         for edges in edge_lists:
-            for key, disk in edges:
-                for base in by_id.get(key, ()):
+            for key, path, disk in edges:
+                hits = by_id.get(key)
+                if hits is None:
+                    if path is None:
+                        continue
+                    # No cache file is this file, but one may bear its name: the tree was
+                    # moved or the share mounted elsewhere, and nova matches by name.
+                    namesake = by_name.get(os.path.basename(path))
+                    if namesake is None:
+                        continue
+                    named.setdefault(namesake.name, []).append((disk, path))
+                    hits = [namesake]
+                for base in hits:
                     lst = users.setdefault(base.name, [])
                     if not lst or lst[-1] is not disk:
                         lst.append(disk)
@@ -514,30 +541,84 @@ class Scanner:
             cache_dev=cache_st.st_dev,
             cache_ino=cache_st.st_ino,
             trash=tuple(scan_trash(self.cache_path)),
+            named={name: tuple(lst) for name, lst in named.items()},
         )
 
 
+def _pending_disks(folder: FolderScan) -> set[str]:
+    """Disks nova has announced in the folder's `disk.info` but not created yet. Nova's
+    Qcow2 backend writes a disk's entry when it builds the disk's Image object, before
+    `Image.cache` looks for the base without a lock: an entry with no file is a disk whose
+    base may be in use right now (or a spawn that failed)."""
+    try:
+        with open(os.path.join(folder.path, "disk.info"), "rb") as f:
+            data = json.loads(f.read(65536) or b"{}")
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(data, dict):
+        return set()
+    names = {os.path.basename(str(k)) for k in data}
+    return {n for n in names if n and n not in folder.entries}
+
+
+def building_holds(folder: FolderScan) -> tuple[frozenset[BaseKind], str] | None:
+    """What a young instance folder holds, and why, by where nova's spawn sequence is
+    (nova 34, `_create_image`): the folder is made first; kernel and ramdisk are copied,
+    then the root `disk`, then ephemeral and swap disks; each qcow2 disk's Image object
+    writes its `disk.info` entry before `Image.cache` looks for the base without a lock;
+    `console.log` is created right after the last disk.
+
+    * no `console.log` and no `disk` yet: every base kind (the raw backend and the kernel
+      copy announce nothing in disk.info first);
+    * no `console.log` but a `disk`: ephemeral and swap disks may still come;
+    * always: disks disk.info announces that do not exist (a rescue's `disk.rescue`, a
+      disk deleted after a failed spawn) hold the kinds they could use.
+    A finished boot-from-volume folder (console.log, no `disk` announced) holds nothing."""
+    pending = _pending_disks(folder)
+    kinds: set[BaseKind] = set()
+    why = []
+    if "console.log" not in folder.entries:
+        if "disk" in folder.entries:
+            kinds |= {BaseKind.SWAP, BaseKind.EPHEMERAL}
+            why.append("disks still being created after `disk` (no console.log yet)")
+        else:
+            kinds |= CHAINED_KINDS
+            why.append("instance folder still being built (no console.log yet)")
+    for name in sorted(pending):
+        kinds |= kinds_usable_by(name) & CHAINED_KINDS
+    if pending:
+        why.append(f"disk.info announces {', '.join(sorted(pending))} not created yet")
+    if not kinds:
+        return None
+    return frozenset(kinds), "; ".join(why)
+
+
 def spawning(folders: Iterable[FolderScan], now: float, window: float) -> list[Problem]:
-    """Nova fetches an instance's base under its lock, releases it, then takes it again to
-    create the instance's disk on it: in between, the base has no user on disk. The
-    instance folder exists from the start, so a young instance folder without its `disk`
-    holds the bases a spawn makes (with ages of zero, the only thing that does). Decided
-    here, at assembly time, because a folder's scan is reused while its clock runs on."""
+    """The spawn hold: a spawn uses an existing base without nova's lock from its
+    `os.path.exists(base)` to its disk's creation, so a young instance folder whose disks
+    are not all there yet holds the kinds of base its missing disks could use, for
+    `window` seconds after the folder last changed (spawn_hold_seconds). Decided here, at
+    assembly time, because a folder's scan is reused while its clock runs on. Folders that
+    changed longer ago hold nothing: a spawn that fetched for longer than that is covered
+    by its base's fresh mtime (the policy's fresh-base rule)."""
     out: list[Problem] = []
     if window <= 0:
         return out
     for folder in folders:
         if folder.kind not in (FolderKind.INSTANCE, FolderKind.LEGACY) or folder.problems:
             continue
-        if any(os.path.basename(d.path) == "disk" for d in folder.disks):
-            continue
         age = now - folder.mtime_ns / 1e9
-        if age < window:
-            out.append(Problem(
-                ProblemCode.SPAWNING, folder.path,
-                f"instance folder without a disk, changed {max(age, 0):.0f} s ago: a spawn "
-                "may be between fetching its base and creating its disk",
-                folder.instance, CHAINED_KINDS))
+        if age >= window:
+            continue
+        held = building_holds(folder)
+        if held is None:
+            continue
+        kinds, why = held
+        out.append(Problem(
+            ProblemCode.SPAWNING, folder.path,
+            f"{why}, changed {max(age, 0):.0f} s ago: a spawn may be between looking for "
+            f"its base and creating its disk (held for {window:g} s)",
+            folder.instance, kinds))
     return out
 
 

@@ -3,24 +3,23 @@ benchmark all go through here, so they run exactly the same code."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 
 from novakeeper.cache.budget import FsUsage
-from novakeeper.cache.executor import Executor
+from novakeeper.cache.executor import Executor, Rejudge
 from novakeeper.cache.inventory import Inventory, Problem, ProblemCode, Scanner, with_problems
-from novakeeper.cache.layout import kinds_usable_by
+from novakeeper.cache.layout import BaseKind, kinds_usable_by
 from novakeeper.cache.locks import NovaLocks, nova_lock_dir
-from novakeeper.cache.plan import Plan
-from novakeeper.cache.policy import Observed, decide
+from novakeeper.cache.plan import Decision, Plan
+from novakeeper.cache.policy import Observed, decide, recheck
 from novakeeper.cache.storage import read_registry
 from novakeeper.errors import ExitCode, NovakeeperError
+from novakeeper.gcpause import cyclic_gc_paused
 from novakeeper.images import crosscheck
 from novakeeper.integrity import state as integrity_state
 from novakeeper.settings import Settings
@@ -45,6 +44,9 @@ class Pass:
     """Open for the executor's journal; None when it could not be opened read-write."""
     reconciled: list[journal.JournalEntry] = field(default_factory=list)
     """Journal rows a crashed run left unfinished, settled by this pass."""
+    observed: Observed = field(default_factory=Observed)
+    """What the plan read besides the inventory: the executor's re-checks read it too."""
+    accept_unreadable: bool = False
 
     def close(self) -> None:
         if self.state is not None:
@@ -70,22 +72,6 @@ def cross_check(inventory: Inventory) -> list[Problem]:
             problems.append(Problem(ProblemCode.CROSS_CHECK, disk.path, detail, disk.instance,
                                     kinds_usable_by(name)))
     return problems
-
-
-@contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """A scan builds a few small objects per disk that all stay alive until the pass
-    ends, and none of them form cycles. The cyclic collector would walk every one of them
-    again at each full collection: a cost that grows faster than the node (a tenth of a
-    10,000-disk pass, a quarter of a 50,000-disk one; see docs/benchmarks.md). Reference
-    counting still frees everything as usual; only the cycle hunt waits for the end."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _open_state(settings: Settings, write: bool, notes: list[str]) -> StateDB | None:
@@ -168,12 +154,13 @@ UNREADABLE = frozenset({ProblemCode.DISK_UNREADABLE, ProblemCode.DISK_CORRUPT,
                         ProblemCode.DOMAIN_DISK})
 
 
-def ignore_unreadable(inventory: Inventory, notes: list[str]) -> Inventory:
+def ignore_unreadable(inventory: Inventory, notes: list[str], quiet: bool = False
+                      ) -> Inventory:
     """The operator accepts the risk: unreadable disks stay listed but hold nothing."""
     freed = [replace(p, holds_kinds=frozenset(), holds_names=frozenset())
              if p.code in UNREADABLE else p for p in inventory.problems]
     count = sum(1 for p in inventory.problems if p.code in UNREADABLE)
-    if count:
+    if count and not quiet:
         note = (f"--ignore-unreadable: {count} unreadable or broken disks hold nothing; "
                 "bases they use may be removed")
         LOG.warning("%s", note)
@@ -191,12 +178,12 @@ def plan_pass(settings: Settings, now: float | None = None, check: bool = False,
     if scanner is None or (scanner.instances_path, scanner.cache_name) != (
             settings.instances_path, settings.subdirectory_name):
         scanner = Scanner(settings.instances_path, settings.subdirectory_name,
-                          spawn_window=settings.policy.stale_partial_seconds)
-        with _cyclic_gc_paused():
+                          spawn_window=settings.policy.spawn_hold_seconds)
+        with cyclic_gc_paused():
             inventory = scanner.scan(now)
     else:  # the service's next pass: rescan only what changed since the last one
-        scanner.spawn_window = settings.policy.stale_partial_seconds
-        with _cyclic_gc_paused():
+        scanner.spawn_window = settings.policy.spawn_hold_seconds
+        with cyclic_gc_paused():
             inventory = scanner.refresh_at(now)
     disagreements = 0
     if check:
@@ -204,21 +191,70 @@ def plan_pass(settings: Settings, now: float | None = None, check: bool = False,
         disagreements = len(extra)
         inventory = with_problems(inventory, extra)
     when = time.time() if now is None else now
-    used = collect(usage_sources(settings, inventory, when), inventory)
-    inventory = with_problems(inventory, used.problems)
-    notes.extend(used.notes)
-    if accept_unreadable:
-        inventory = ignore_unreadable(inventory, notes)
+    inventory, used = judged_inventory(settings, inventory, when, accept_unreadable, notes)
     state = _open_state(settings, write_state, notes) if use_state else None
     try:
         observed, reconciled = observe(settings, inventory, state, when, notes, used)
-        with _cyclic_gc_paused():
+        with cyclic_gc_paused():
             plan = decide(inventory, settings.policy, when, observed)
     except BaseException:
         if state is not None:
             state.close()
         raise
-    return Pass(scanner, inventory, plan, disagreements, state, reconciled)
+    return Pass(scanner, inventory, plan, disagreements, state, reconciled, observed,
+                accept_unreadable)
+
+
+def judged_inventory(settings: Settings, inventory: Inventory, now: float,
+                     accept_unreadable: bool, notes: list[str], quiet: bool = False
+                     ) -> tuple[Inventory, Usage]:
+    """The inventory as the policy judges it: the usage sources asked (their doubts added
+    as problems, a building instance's folder narrowed to what the API leaves unknown)
+    and --ignore-unreadable applied. The plan and every re-check go through here."""
+    used = collect(usage_sources(settings, inventory, now), inventory)
+    inventory = narrow_building(with_problems(inventory, used.problems), used.building)
+    notes.extend(used.notes)
+    if accept_unreadable:
+        inventory = ignore_unreadable(inventory, notes, quiet)
+    return inventory, used
+
+
+# What the Nova API cannot name for an instance it says is building: its swap and
+# ephemeral templates (its image's bases it names, by sha1 of image_ref).
+_NOT_NAMED_BY_THE_API = frozenset({BaseKind.SWAP, BaseKind.EPHEMERAL})
+
+
+def narrow_building(inventory: Inventory, building: frozenset[str]) -> Inventory:
+    """With the nova-api source on, a spawn hold of an instance the API says is being built
+    here holds exactly its image's bases (the source's sightings) and, from the folder,
+    only the kinds the API cannot name: no blanket hold of every image on the node."""
+    if not building:
+        return inventory
+    problems = []
+    for p in inventory.problems:
+        if p.code is ProblemCode.SPAWNING and p.instance in building:
+            kinds = p.holds_kinds & _NOT_NAMED_BY_THE_API
+            if not kinds:
+                continue
+            p = replace(p, holds_kinds=kinds,
+                        detail=p.detail + "; the Nova API names its image: only swap and "
+                        "ephemeral templates held")
+        problems.append(p)
+    return replace(inventory, problems=tuple(problems))
+
+
+def rejudge_for(result: Pass, settings: Settings) -> Rejudge:
+    """The executor's re-check: the plan's judgement on a fresh inventory, the usage
+    sources asked again (a process that opened a base since the plan keeps it)."""
+    def rejudge(inventory: Inventory, now: float, planned: Sequence[Decision]
+                ) -> dict[str, str | None]:
+        notes: list[str] = []
+        inventory, used = judged_inventory(settings, inventory, now,
+                                           result.accept_unreadable, notes, quiet=True)
+        observed = replace(result.observed, sightings=used.sightings,
+                           source_errors=tuple(used.errors))
+        return recheck(inventory, settings.policy, now, observed, planned)
+    return rejudge
 
 
 def executor_for(result: Pass, settings: Settings) -> Executor:
@@ -230,5 +266,6 @@ def executor_for(result: Pass, settings: Settings) -> Executor:
         result.scanner, result.inventory, result.plan, settings.touch_in_use,
         journal.Journal(result.state, result.plan.policy),
         NovaLocks(nova_lock_dir(settings.instances_path), settings.lock_wait_seconds),
-        fresh_sibling_seconds=settings.policy.stale_partial_seconds,
-        trash_grace=settings.policy.trash_grace_seconds)
+        trash_grace=settings.policy.trash_grace_seconds,
+        rejudge=rejudge_for(result, settings), config=settings.policy,
+        batch_size=settings.removal_batch_size)

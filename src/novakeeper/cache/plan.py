@@ -67,6 +67,8 @@ class Decision:
     """What the other sources saw, in words ("open-files: pid 4242 (qemu-kvm)")."""
     corrupt: str | None = None
     """`cache verify` found its content does not match its checksum: why."""
+    by_name: tuple[str, ...] = ()
+    """Backing paths outside the cache that use it by name ("<path> (of <disk>)")."""
 
     @property
     def removes(self) -> bool:
@@ -98,6 +100,7 @@ class Decision:
             "sources": list(self.sources),
             "seen_by": list(self.seen_by),
             "corrupt": self.corrupt,
+            "by_name": list(self.by_name),
         }
 
 

@@ -28,6 +28,9 @@ class PolicyConfig:
     remove_unused_original_minimum_age_seconds: int = 86400
     remove_unused_resized_minimum_age_seconds: int = 3600
     stale_partial_seconds: int = 3600
+    spawn_hold_seconds: int = 120
+    """A base modified this recently may be between a spawn's unlocked look at it and the
+    creation of its disk (nova touches it right before): never removed within it."""
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     trash_grace_seconds: int = 0
 
@@ -67,9 +70,18 @@ class Facts:
     seen_by: tuple[Sighting, ...] = ()
     source_errors: tuple[str, ...] = ()
     corrupt: str | None = None
+    named: tuple[str, ...] = ()
+    """Backing paths outside the cache that reach this file by name, as words."""
+    fetching: tuple[str, float] | None = None
+    """The freshest `.part`/`.converted` of this very file: (its name, its age)."""
 
 
 Rule = Callable[[Facts], Decision | None]
+
+# Kinds a spawn builds a disk on (the ones nova's unlocked look can find), and that
+# eviction may take.
+_SPAWN_KINDS = frozenset({BaseKind.ORIGINAL, BaseKind.RESIZED, BaseKind.SWAP,
+                          BaseKind.EPHEMERAL})
 
 _NOT_NOVA = {
     BaseKind.UNKNOWN: "unknown file: not a name nova gives cache files; kept",
@@ -94,7 +106,7 @@ def _decide(f: Facts, verdict: Verdict, reason: str, min_age: float | None = Non
         sources=(("disks",) if f.disks else ()) + tuple(dict.fromkeys(
             s.source for s in f.seen_by)),
         seen_by=tuple(s.words() for s in f.seen_by),
-        corrupt=f.corrupt,
+        corrupt=f.corrupt, by_name=f.named,
     )
 
 
@@ -110,11 +122,16 @@ def rule_in_use(f: Facts) -> Decision | None:
     if not f.disks and not f.seen_by:
         return None
     parts = []
-    if f.disks:
+    if f.disks and len(f.named) == len(f.disks):  # only by name
+        more = f" and {len(f.named) - 1} more" if len(f.named) > 1 else ""
+        parts.append(f"in use by name: backing file {f.named[0]}{more}")
+    elif f.disks:
         n = len(f.users)
         noun = "instance" if n == 1 else "instances"
         disks = len(f.disks)
         parts.append(f"in use by {n} {noun} ({disks} disk{'' if disks == 1 else 's'})")
+        if f.named:
+            parts.append(f"by name: backing file {f.named[0]}")
     if f.seen_by:
         first = f.seen_by[0].words()
         more = f" and {len(f.seen_by) - 1} more" if len(f.seen_by) > 1 else ""
@@ -140,6 +157,17 @@ def rule_hold_on_doubt(f: Facts) -> Decision | None:
     first = f.held_by[0]
     more = f" and {len(f.held_by) - 1} more" if len(f.held_by) > 1 else ""
     return _decide(f, Verdict.HELD, f"held: {first.code} at {first.path}{more}")
+
+
+def rule_fetch_in_progress(f: Facts) -> Decision | None:
+    """A fresh `.part`/`.converted` of this very file: nova is (re)making it under its lock."""
+    if f.fetching is None or f.base.kind not in DELETABLE_KINDS:
+        return None
+    name, age = f.fetching
+    if age >= f.config.stale_partial_seconds:
+        return None
+    return _decide(f, Verdict.HELD, f"held: {name} was touched {human_age(max(age, 0))} ago: "
+                   "a fetch is in progress")
 
 
 def rule_pinned(f: Facts) -> Decision | None:
@@ -190,6 +218,14 @@ def rule_minimum_age(f: Facts) -> Decision | None:
         limit = f.config.remove_unused_original_minimum_age_seconds
     else:
         return None
+    hold = f.config.spawn_hold_seconds
+    if f.age >= limit and f.age < hold:
+        # Nova touches a base right before it creates a disk on it, without its lock, and
+        # a fetch leaves a fresh mtime: whatever the minimum ages say (they may be zero),
+        # a base modified this recently may be about to get a disk.
+        reason = (f"unused {kind}, too young: modified {human_age(max(f.age, 0))} ago, inside "
+                  f"the spawn hold ({human_age(hold)}): a spawn may be creating its disk on it")
+        return _decide(f, Verdict.TOO_YOUNG, reason, hold)
     if f.age >= limit:
         reason = f"unused {kind}, unused for {human_age(f.age)} (min age {human_age(limit)})"
         return _decide(f, Verdict.REMOVE, reason, limit)
@@ -202,6 +238,7 @@ RULES: Sequence[Rule] = (
     rule_in_use,
     rule_sources_answered,
     rule_hold_on_doubt,
+    rule_fetch_in_progress,
     rule_pinned,
     rule_configuration,
     rule_stale_partial,
@@ -209,8 +246,7 @@ RULES: Sequence[Rule] = (
 )
 
 
-EVICTABLE_KINDS = frozenset({BaseKind.ORIGINAL, BaseKind.RESIZED, BaseKind.SWAP,
-                             BaseKind.EPHEMERAL})
+EVICTABLE_KINDS = _SPAWN_KINDS
 # Verdicts that eviction may overturn: unused bases kept only by their age (or by nova's
 # remove_unused_base_images = False, which governs nova's age rule, not the budget).
 EVICTABLE_VERDICTS = frozenset({Verdict.TOO_YOUNG, Verdict.KEPT_BY_CONFIG})
@@ -234,6 +270,24 @@ def trash_frees(inventory: Inventory) -> int:
     return sum(t.frees for t in inventory.trash)
 
 
+_FREES_NOTHING = "frees nothing"
+
+
+def eviction_blocked(f: Facts, d: Decision, budget: BudgetConfig, now: float) -> str | None:
+    """Why an unused base kept only by its age may not be evicted, or None when it may."""
+    if d.verdict not in EVICTABLE_VERDICTS or f.base.kind not in EVICTABLE_KINDS:
+        return str(d.verdict)
+    if now - d.idle_since() < budget.eviction_min_age_seconds:
+        return "too young to evict"
+    if f.age < f.config.spawn_hold_seconds:
+        return "inside the spawn hold"
+    if f.base.nlink > 1:
+        return "hard-linked"
+    if d.allocated == 0:
+        return _FREES_NOTHING
+    return None
+
+
 def rule_evict_least_recently_used(
     chosen: list[tuple[Facts, Decision]], config: PolicyConfig, observed: Observed,
     inventory: Inventory, now: float,
@@ -255,14 +309,11 @@ def rule_evict_least_recently_used(
         if d.removes:
             continue
         if d.verdict in EVICTABLE_VERDICTS and f.base.kind in EVICTABLE_KINDS:
-            if now - d.idle_since() < budget.eviction_min_age_seconds:
-                kept["too young to evict"] += d.allocated
-            elif f.base.nlink > 1:
-                kept["hard-linked"] += d.allocated
-            elif d.allocated == 0:
-                pass  # evicting it would free nothing
-            else:
+            why = eviction_blocked(f, d, budget, now)
+            if why is None:
                 candidates.append((d.idle_since(), d.name, i))
+            elif why != _FREES_NOTHING:
+                kept[why] += d.allocated
             continue
         kept[str(d.verdict)] += d.allocated
     evicted = by_eviction = 0
@@ -293,37 +344,112 @@ def rule_evict_least_recently_used(
     return decisions, outcome
 
 
+class _Judge:
+    """Everything a decision about one base reads, indexed once per inventory: the plan
+    and the executor's re-check under nova's lock both decide through this one object,
+    so they cannot judge a file differently."""
+
+    def __init__(self, inventory: Inventory, config: PolicyConfig, now: float,
+                 observed: Observed) -> None:
+        self.inventory = inventory
+        self.config = config
+        self.now = now
+        self.observed = observed
+        # index the problems once: a node with thousands of broken disks stays linear
+        self.by_kind: dict[BaseKind, list[int]] = {}
+        self.by_name: dict[str, list[int]] = {}
+        for i, p in enumerate(inventory.problems):
+            for kind in p.holds_kinds:
+                self.by_kind.setdefault(kind, []).append(i)
+            for name in p.holds_names:
+                self.by_name.setdefault(name, []).append(i)
+        # the freshest .part / .converted of each name: a fetch of it may be running
+        self.fetching: dict[str, tuple[str, float]] = {}
+        for b in inventory.bases:
+            if b.kind in (BaseKind.PARTIAL, BaseKind.CONVERTED):
+                stem = b.name.rsplit(".", 1)[0]
+                age = now - b.mtime
+                if stem not in self.fetching or age < self.fetching[stem][1]:
+                    self.fetching[stem] = (b.name, age)
+
+    def facts(self, base: BaseFile) -> Facts:
+        inventory, observed, problems = self.inventory, self.observed, self.inventory.problems
+        disks = inventory.users_of(base.name)
+        users = tuple(dict.fromkeys(d.instance for d in disks))
+        hits = sorted(set(self.by_kind.get(base.kind, ())) | set(self.by_name.get(base.name,
+                                                                                    ())))
+        named = tuple(f"{path} (of {disk.path})"
+                      for disk, path in inventory.named.get(base.name, ()))
+        return Facts(base, self.now - base.mtime, users, tuple(d.path for d in disks),
+                     tuple(problems[i] for i in hits), self.config,
+                     observed.pins.match(base.name, base.kind, base.image_hash),
+                     observed.last_used.get(base.name),
+                     tuple(observed.sightings.get(base.name, ())), observed.source_errors,
+                     observed.corrupt.get(base.name), named, self.fetching.get(base.name))
+
+    def __call__(self, base: BaseFile) -> tuple[Facts, Decision]:
+        facts = self.facts(base)
+        for rule in RULES:
+            decision = rule(facts)
+            if decision is not None:
+                return facts, decision
+        # every kind is covered above; a new kind must not be removed by accident
+        return facts, _decide(facts, Verdict.UNKNOWN, "no rule applies; kept")
+
+
+def recheck(inventory: Inventory, config: PolicyConfig, now: float, observed: Observed,
+            planned: Sequence[Decision]) -> dict[str, str | None]:
+    """The executor's last word under nova's lock, by the plan's own rules: for each
+    planned removal, why it must not go now (None: it may). A file the plan evicted stays
+    evictable while its rules still keep it only by age and the eviction guards pass; the
+    budget's arithmetic is the plan's (the need does not shrink as the batch goes)."""
+    judge = _Judge(inventory, config, now, observed)
+    present = {b.name: b for b in inventory.bases}
+    out: dict[str, str | None] = {}
+    for planned_d in planned:
+        base = present.get(planned_d.name)
+        if base is None:
+            out[planned_d.name] = "already gone"
+            continue
+        if (base.dev, base.ino) != (planned_d.dev, planned_d.ino):
+            out[planned_d.name] = "replaced since the plan"
+            continue
+        if base.mtime != planned_d.mtime:
+            out[planned_d.name] = "modified since the plan (touched by nova: in use?)"
+            continue
+        facts, d = judge(base)
+        if d.kind not in DELETABLE_KINDS:
+            out[planned_d.name] = f"{d.kind}: never removed"
+        elif planned_d.verdict is Verdict.EVICT and not d.removes:
+            why = eviction_blocked(facts, d, config.budget, now)
+            if why is None:
+                out[planned_d.name] = None
+            elif d.verdict in EVICTABLE_VERDICTS:
+                out[planned_d.name] = f"no longer evictable: {why}"
+            else:
+                out[planned_d.name] = _now(d)
+        elif d.removes:
+            out[planned_d.name] = None
+        else:
+            out[planned_d.name] = _now(d)
+    return out
+
+
+def _now(d: Decision) -> str:
+    """A re-check's answer in the plan's words: "now in use by ...", "now held: ..."."""
+    words = str(d.verdict).replace("-", " ")
+    if d.reason.startswith((str(d.verdict), words)):
+        return f"now {d.reason}"
+    return f"now {d.verdict}: {d.reason}"
+
+
 def decide(inventory: Inventory, config: PolicyConfig, now: float,
            observed: Observed | None = None) -> Plan:
     """Turn an inventory into a plan. Pure: same inputs, same plan."""
     observed = observed if observed is not None else Observed()
-    chosen: list[tuple[Facts, Decision]] = []
+    judge = _Judge(inventory, config, now, observed)
+    chosen = [judge(base) for base in inventory.bases]
     problems = inventory.problems
-    # index the problems once: a node with thousands of broken disks stays linear
-    by_kind: dict[BaseKind, list[int]] = {}
-    by_name: dict[str, list[int]] = {}
-    for i, p in enumerate(problems):
-        for kind in p.holds_kinds:
-            by_kind.setdefault(kind, []).append(i)
-        for name in p.holds_names:
-            by_name.setdefault(name, []).append(i)
-    for base in inventory.bases:
-        disks = inventory.users_of(base.name)
-        users = tuple(dict.fromkeys(d.instance for d in disks))
-        hits = sorted(set(by_kind.get(base.kind, ())) | set(by_name.get(base.name, ())))
-        held = tuple(problems[i] for i in hits)
-        pin = observed.pins.match(base.name, base.kind, base.image_hash)
-        facts = Facts(base, now - base.mtime, users, tuple(d.path for d in disks), held, config,
-                      pin, observed.last_used.get(base.name),
-                      tuple(observed.sightings.get(base.name, ())), observed.source_errors,
-                      observed.corrupt.get(base.name))
-        for rule in RULES:
-            decision = rule(facts)
-            if decision is not None:
-                break
-        else:  # every kind is covered above; a new kind must not be removed by accident
-            decision = _decide(facts, Verdict.UNKNOWN, "no rule applies; kept")
-        chosen.append((facts, decision))
     budget: BudgetOutcome | None = None
     if config.budget.enabled:
         decisions, budget = rule_evict_least_recently_used(chosen, config, observed,

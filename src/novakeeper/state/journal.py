@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -68,26 +68,38 @@ class Journal:
         self.run = run or uuid.uuid4().hex[:12]
         self.policy = json.dumps(dict(policy), sort_keys=True, default=str)
 
-    def begin(self, d: Decision, frees: int, now: float) -> int:
+    def begin_many(self, items: Sequence[tuple[Decision, int]], now: float) -> list[int]:
+        """'Before' rows for a batch, in one transaction (one fsync for the batch)."""
+        ids = []
         with self.db.write() as conn:
-            cur = conn.execute(
-                """INSERT INTO journal (run, started, name, path, kind, image_hash, dev, ino,
-                       bytes, verdict, reason, policy, outcome)
-                   VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
-                (self.run, now, storable(d.name), storable(d.path), str(d.kind),
-                 d.image_hash, d.dev, d.ino,
-                 frees, str(d.verdict), storable(d.reason), self.policy,
-                 str(Entry.STARTED)))
-            return int(cur.lastrowid or 0)
+            for d, frees in items:
+                cur = conn.execute(
+                    """INSERT INTO journal (run, started, name, path, kind, image_hash, dev,
+                           ino, bytes, verdict, reason, policy, outcome)
+                       VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)""",
+                    (self.run, now, storable(d.name), storable(d.path), str(d.kind),
+                     d.image_hash, d.dev, d.ino,
+                     frees, str(d.verdict), storable(d.reason), self.policy,
+                     str(Entry.STARTED)))
+                ids.append(int(cur.lastrowid or 0))
+        return ids
+
+    def begin(self, d: Decision, frees: int, now: float) -> int:
+        return self.begin_many([(d, frees)], now)[0]
+
+    def end_many(self, rows: Sequence[tuple[int, Entry, int, str]], now: float) -> None:
+        """'After' rows for a batch: (entry, outcome, bytes freed, detail), one transaction."""
+        with self.db.write() as conn:
+            for entry_id, outcome, freed, detail in rows:
+                conn.execute("UPDATE journal SET finished = ?, outcome = ?, bytes = ?, "
+                             "detail = ? WHERE id = ?", (now, str(outcome), freed,
+                                                        storable(detail), entry_id))
+                if outcome is Entry.REMOVED:
+                    conn.execute("DELETE FROM bases WHERE name = (SELECT name FROM journal "
+                                 "WHERE id = ?)", (entry_id,))
 
     def end(self, entry_id: int, outcome: Entry, freed: int, detail: str, now: float) -> None:
-        with self.db.write() as conn:
-            conn.execute("UPDATE journal SET finished = ?, outcome = ?, bytes = ?, detail = ? "
-                         "WHERE id = ?", (now, str(outcome), freed, storable(detail),
-                                          entry_id))
-            if outcome is Entry.REMOVED:
-                conn.execute("DELETE FROM bases WHERE name = (SELECT name FROM journal "
-                             "WHERE id = ?)", (entry_id,))
+        self.end_many([(entry_id, outcome, freed, detail)], now)
 
 
     def record_restore(self, entry: TrashEntry, now: float) -> None:

@@ -39,6 +39,9 @@ class SourceResult:
     """Set when the source is configured but could not answer: keep everything."""
     seen: int = 0
     """How many things it looked at (processes, domains, servers), for the log line."""
+    building: frozenset[str] = frozenset()
+    """Instances (uuid) the source knows are being built on these hosts: their spawn
+    hold needs no blanket (the Nova API names their image)."""
 
 
 class UsageSource(Protocol):

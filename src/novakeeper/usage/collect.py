@@ -32,6 +32,8 @@ class Usage:
     errors: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    building: frozenset[str] = frozenset()
+    """Instances a source says are being built here (see SourceResult.building)."""
 
 
 def collect(sources: Sequence[UsageSource], inventory: Inventory) -> Usage:
@@ -58,6 +60,7 @@ def collect(sources: Sequence[UsageSource], inventory: Inventory) -> Usage:
         LOG.info("Usage source %s: looked at %d, saw %d cache files in use (%.0f ms)",
                  source.name, result.seen, len(result.by_file) + len(result.by_name),
                  took * 1e3)
+        usage.building |= result.building
         for key, seen in result.by_file.items():
             for name in by_id.get(key, ()):
                 usage.sightings.setdefault(name, []).extend(seen)

@@ -51,6 +51,10 @@ unshelving spawns it afresh, on whatever host the scheduler picks, from the snap
 While it unshelves here it has a task_state (unshelving, spawning), nova has set its host
 to this one and its `image` to the snapshot being fetched: then it protects that image."""
 
+BUILDING = "building"
+"""vm_state of a server being spawned: its image is named (sha1 of image_ref), or it has
+none (booted from a volume), so its instance folder needs no blanket spawn hold."""
+
 FINISHED_MIGRATIONS = frozenset(
     {"confirmed", "reverted", "completed", "done", "cancelled", "error", "failed"}
 )
@@ -136,6 +140,7 @@ class NovaServers:
         except Exception as exc:
             return self._error(f"cannot connect: {one_line(exc)}")
         found: dict[str, list[Sighting]] = {}
+        building: set[str] = set()
         seen = 0
         try:
             listed: set[str] = set()
@@ -146,6 +151,8 @@ class NovaServers:
                     seen += 1
                     listed.add(str(server.id))
                     self._add(found, server, f"on {host}")
+                    if str(server.vm_state or "").lower() == BUILDING:
+                        building.add(str(server.id))
             for host in self.hosts:
                 for mig in self._open_migrations(conn, host):
                     if str(mig.server_id) in listed:
@@ -162,7 +169,8 @@ class NovaServers:
         finally:
             _close(conn)
         return SourceResult(
-            self.name, by_name={k: tuple(v) for k, v in found.items()}, seen=seen
+            self.name, by_name={k: tuple(v) for k, v in found.items()}, seen=seen,
+            building=frozenset(building),
         )
 
     @staticmethod
