@@ -494,6 +494,20 @@ def test_credentials_from_os_variables(nova: FakeNova, node: Inventory, cloud: C
     assert in_use(result, node) == {h("building"): [f"instance {uuid(1)} (BUILD/spawning) on h1"]}
 
 
+def test_building_servers_are_named_so_their_folders_need_no_blanket_hold(
+        nova: FakeNova, node: Inventory) -> None:
+    """The pass narrows the spawn hold of an instance the API says is being built: its
+    image is named (sha1 of image_ref), or it boots from a volume (no base at all)."""
+    nova.servers = [
+        server(uuid(1), "h1", "BUILD", "building", "spawning", IMG["building"]),
+        server(uuid(2), "h1", "BUILD", "building", "block_device_mapping", ""),
+        server(uuid(3), "h1", "ACTIVE", "active", "rescuing", IMG["shelved"]),
+    ]
+    result = NovaServers(["h1"], cloud="admin").collect(node)
+    assert result.error is None, result.error
+    assert result.building == {uuid(1), uuid(2)}  # rescuing is no build: its folder holds
+
+
 def test_a_connection_built_by_the_caller(nova: FakeNova, node: Inventory) -> None:
     import openstack
 
