@@ -232,3 +232,33 @@ def test_an_unreadable_proc_is_an_error(node, tmp_path):
     (tmp_path / "empty").mkdir()
     empty = collect(inventory, str(tmp_path / "empty"))
     assert empty.error is not None and "not a proc file system" in empty.error
+
+
+def test_a_base_opened_after_the_plan_is_kept_by_clean(tmp_path, holders):
+    """Open files are asked again under nova's locks, before each batch's removals: a
+    process that opens an unused base after the plan (a `qemu-img convert` of it, say)
+    keeps it, and the executor says so in the plan's words."""
+    from novakeeper.cache.executor import Action
+    from novakeeper.cache.passes import executor_for, plan_pass
+    from novakeeper.cache.policy import PolicyConfig
+    from novakeeper.settings import Settings
+
+    node = Node(tmp_path)
+    late = node.original("opened-late", age=30 * 86400, size=MiB)
+    free = node.original("free", age=30 * 86400, size=MiB)
+    node.settle()
+    settings = Settings(
+        instances_path=os.fspath(node.instances), subdirectory_name="_base",
+        manager_interval=0, host="h", policy=PolicyConfig(), touch_in_use=False,
+        config_files=(), state_path=os.fspath(tmp_path / "state.db"),
+        usage_sources=("open-files",))
+    with plan_pass(settings, write_state=True) as result:
+        assert {d.name for d in result.plan.removals} == {late.name, free.name}
+        holder = Holder(late)
+        holders.append(holder)
+        report = executor_for(result, settings).run()
+    outcomes = {o.name: o for o in report.outcomes}
+    assert outcomes[free.name].action is Action.REMOVED
+    assert outcomes[late.name].action is Action.SKIPPED
+    assert outcomes[late.name].reason == f"now in use: open-files: {holder.who}"
+    assert late.exists()
