@@ -7,7 +7,6 @@ against grep, need neither oslo.config nor the cache pipeline (about 0.15 s of i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -21,6 +20,7 @@ import click
 
 from novakeeper import __version__, logsetup
 from novakeeper.errors import ExitCode, NovakeeperError
+from novakeeper.output import console, json_out
 from novakeeper.units import human_bytes, parse_duration
 
 if TYPE_CHECKING:
@@ -50,15 +50,6 @@ class Context:
     def log(self, floor: int = logging.WARNING) -> None:
         level = {0: floor, 1: logging.INFO}.get(self.verbose, logging.DEBUG)
         logsetup.setup(min(level, floor), self.log_format)
-
-
-def console() -> Console:
-    """Plain wide output when piped, so rows are never squeezed into 80 columns."""
-    from rich.console import Console
-
-    if sys.stdout.isatty():
-        return Console(highlight=False)
-    return Console(width=220, highlight=False, color_system=None, soft_wrap=False)
 
 
 def _remember(field: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -131,15 +122,6 @@ def plan_pass(*args: Any, **kwargs: Any) -> Pass:
     return run(*args, **kwargs)
 
 
-def _json_out(data: Any) -> None:
-    """Indented on a terminal; compact otherwise, where json's C encoder writes a
-    50,000-disk plan in a fraction of the time the indenting (pure Python) one takes."""
-    if sys.stdout.isatty():
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        click.echo(json.dumps(data, separators=(",", ":"), default=str))
-
-
 @cache.command()
 @global_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -158,7 +140,7 @@ def status(ctx: Context, as_json: bool) -> None:
         data = render.status_data(result.inventory, result.plan,
                                   read_registry(conf.instances_path, now), orphans)
     if as_json:
-        _json_out(data)
+        json_out(data)
     else:
         render.status_text(data, console())
 
@@ -167,7 +149,7 @@ def _show_plan(result: Pass, as_json: bool) -> None:
     from novakeeper.cache import render
 
     if as_json:
-        _json_out(result.plan.to_dict())
+        json_out(result.plan.to_dict())
     else:
         render.plan_table(result.plan, console())
     render.log_plan(result.plan)
@@ -269,7 +251,7 @@ def _clean(result: Pass, conf: settings.Settings, yes: bool, as_json: bool) -> N
             raise NovakeeperError(ExitCode.ABORTED, "nothing removed: not confirmed")
     report = executor_for(result, conf).run()
     if as_json:
-        _json_out(_report_json(result, report))
+        json_out(_report_json(result, report))
     else:
         _report_text(report, console())
     if report.failed:
@@ -363,7 +345,7 @@ def list_pins(ctx: Context, as_json: bool) -> None:
         names = []
     rows = [{**p.to_dict(), "files": pins.Pins((p,)).keeps(names)} for p in all_pins]
     if as_json:
-        _json_out({"pins": rows})
+        json_out({"pins": rows})
     else:
         render.pins_table(rows, console())
 
@@ -390,7 +372,7 @@ def history(ctx: Context, since: str | None, limit: int | None, as_json: bool) -
     with closing(db):
         entries = journal_mod.history(db, start, limit)
     if as_json:
-        _json_out({"entries": [e.to_dict() for e in entries]})
+        json_out({"entries": [e.to_dict() for e in entries]})
         return
     render.history_table(entries, console())
 
@@ -465,7 +447,7 @@ def verify(ctx: Context, files: tuple[str, ...], algorithm: str | None,
 
     report = command.run(ctx.settings(), files, algorithm, rate_limit, force, image_ids)
     if as_json:
-        _json_out(report.to_dict())
+        json_out(report.to_dict())
     else:
         command.text(report, console())
     command.raise_for(report)

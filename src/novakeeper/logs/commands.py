@@ -1,7 +1,7 @@
 """The `trace` and `diagnose` commands. cli.py adds them to the command group and gives
-them the global options; the helpers it owns (console, JSON output) are imported when a
-command runs, so this module never imports cli.py at load time. So are the modules that do
-the work: cli.py imports this module for every command."""
+them the global options; output goes through novakeeper.output, as the cache commands'
+does, so this module never imports cli.py. The modules that do the work are imported when
+a command runs: cli.py imports this module for every command."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import click
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.logs.sources import LogFile, discover, parse_offset, parse_tz_rule
 from novakeeper.logs.window import window as make_window
+from novakeeper.output import console, json_out
 from novakeeper.units import parse_duration
 
 _UUID = re.compile(r"(?:req-)?[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-"
@@ -50,18 +51,6 @@ def _files(logs: Sequence[str], tz_rules: Sequence[str], default_tz: str) -> lis
 def _problems(files: Sequence[LogFile], problems: dict[int, str]) -> None:
     for index, problem in sorted(problems.items()):
         _warn(f"{files[index].path}: {problem}")
-
-
-def _out(data: Any) -> None:
-    from novakeeper.cli import _json_out
-
-    _json_out(data)
-
-
-def _console() -> Any:
-    from novakeeper.cli import console
-
-    return console()
 
 
 def _time_options(f: Any) -> Any:
@@ -134,9 +123,9 @@ def trace(target: str, logs: tuple[str, ...], depth: int, hop_window: str,
     from novakeeper.logs import render
 
     if as_json:
-        _out(render.trace_data(result))
+        json_out(render.trace_data(result))
     else:
-        render.trace_text(result, _console(), max_records)
+        render.trace_text(result, console(), max_records)
 
 
 def _cache_path(ctx: click.Context) -> tuple[str | None, str | None]:
@@ -179,9 +168,9 @@ def diagnose(ctx: click.Context, logs: tuple[str, ...], signature_files: tuple[s
     sigs = diagnose_mod.load(signature_files)
     if list_signatures:
         if as_json:
-            _out([s.to_dict() for s in sigs])
+            json_out([s.to_dict() for s in sigs])
         else:
-            render.signatures_text(sigs, _console())
+            render.signatures_text(sigs, console())
         return
     win = make_window(since, until, parse_offset(default_tz))
     files = _files(logs, tz_rules, default_tz)
@@ -191,6 +180,6 @@ def diagnose(ctx: click.Context, logs: tuple[str, ...], signature_files: tuple[s
         path, why = _cache_path(ctx)
         result.disk = diagnose_mod.disk_facts(path, why)
     if as_json:
-        _out(render.diagnose_data(result))
+        json_out(render.diagnose_data(result))
     else:
-        render.diagnose_text(result, _console())
+        render.diagnose_text(result, console())
