@@ -90,3 +90,14 @@ def _restore_logging() -> Iterator[None]:
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+def side_venv_python(name: str, variable: str) -> Path:
+    """The python of a side virtualenv that a .ci/<name>-setup script fills (Keystone,
+    nova): `$variable`, else the scripts' default under the user's cache folder."""
+    venv = os.environ.get(variable)
+    if not venv:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+            os.environ.get("HOME") or "/tmp", ".cache")
+        venv = os.path.join(cache, "novakeeper", f"{name}-venv")
+    return Path(venv) / "bin" / "python"

@@ -54,6 +54,8 @@ from typing import Any
 import pytest
 from nova_player import DAY, base_name, image_bytes, image_id
 
+from conftest import side_venv_python
+
 HERE = Path(__file__).resolve().parent
 PLAYER = HERE / "nova_player.py"
 QEMU_IMG = shutil.which("qemu-img") or "qemu-img"
@@ -73,12 +75,7 @@ THREADS = 2
 
 def nova_python() -> Path:
     """The nova venv's python, where .ci/nova-setup puts it (NOVAKEEPER_NOVA_VENV too)."""
-    venv = os.environ.get("NOVAKEEPER_NOVA_VENV")
-    if not venv:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-            os.environ.get("HOME") or "/tmp", ".cache")
-        venv = os.path.join(cache, "novakeeper", "nova-venv")
-    return Path(venv) / "bin" / "python"
+    return side_venv_python("nova", "NOVAKEEPER_NOVA_VENV")
 
 
 @pytest.fixture(scope="module")

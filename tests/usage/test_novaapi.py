@@ -38,7 +38,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 
-from conftest import make_qcow2, make_raw
+from conftest import make_qcow2, make_raw, side_venv_python
 from novakeeper.cache.inventory import Inventory, Scanner
 from novakeeper.cache.layout import image_hash
 from novakeeper.usage.base import SourceResult
@@ -56,12 +56,7 @@ MAX_LIMIT = 2
 
 def keystone_python() -> Path:
     """The venv .ci/keystone-setup fills; the same default as that script."""
-    venv = os.environ.get("NOVAKEEPER_KEYSTONE_VENV")
-    if not venv:
-        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-            os.environ.get("HOME") or "/tmp", ".cache")
-        venv = os.path.join(cache, "novakeeper", "keystone-venv")
-    return Path(venv) / "bin" / "python"
+    return side_venv_python("keystone", "NOVAKEEPER_KEYSTONE_VENV")
 
 
 # -- Keystone, the real one ------------------------------------------------------------

@@ -134,6 +134,20 @@ def _same_file(st: os.stat_result, d: Decision) -> bool:
     return stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) == (d.dev, d.ino)
 
 
+def _still_planned(fd: int, d: Decision) -> tuple[os.stat_result | None, str]:
+    """The file's lstat if it is still the planned regular file, else why not."""
+    try:
+        st = os.lstat(d.name, dir_fd=fd)
+    except OSError as exc:
+        return None, ("already gone" if exc.errno == errno.ENOENT
+                      else f"cannot stat: {exc.strerror}")
+    if not stat.S_ISREG(st.st_mode):
+        return None, "no longer a regular file"
+    if (st.st_dev, st.st_ino) != (d.dev, d.ino):
+        return None, "replaced since the plan"
+    return st, ""
+
+
 Rejudge = Callable[[Inventory, float, Sequence[Decision]], dict[str, str | None]]
 """(fresh inventory, clock, planned removals) -> why each must not go now (None: it may)."""
 
@@ -353,17 +367,9 @@ class Executor:
         unlink), with what each removal frees now."""
         frees: dict[str, int] = {}
         for d in locked:
-            try:
-                st = os.lstat(d.name, dir_fd=fd)
-            except OSError as exc:
-                skip(d, "already gone" if exc.errno == errno.ENOENT
-                     else f"cannot stat: {exc.strerror}")
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                skip(d, "no longer a regular file")
-                continue
-            if (st.st_dev, st.st_ino) != (d.dev, d.ino):
-                skip(d, "replaced since the plan")
+            st, why = _still_planned(fd, d)
+            if st is None:
+                skip(d, why)
                 continue
             frees[d.name] = st.st_blocks * 512 if st.st_nlink <= 1 else 0
         entries: dict[str, int] = {}
@@ -414,14 +420,9 @@ class Executor:
                         ) -> list[Decision]:
         instances = self.inventory.instances_path
         for i, d in enumerate(allowed):
-            try:
-                st = os.lstat(d.name, dir_fd=fd)
-            except OSError as exc:
-                skip(d, "already gone" if exc.errno == errno.ENOENT
-                     else f"cannot stat: {exc.strerror}")
-                continue
-            if not _same_file(st, d):
-                skip(d, "replaced since the plan")
+            st, why = _still_planned(fd, d)
+            if st is None:
+                skip(d, why)
                 continue
             freed = st.st_blocks * 512 if st.st_nlink <= 1 else 0  # last of a hard-linked pair
             LOG.info("Removing base file: %s", d.path,
