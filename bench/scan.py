@@ -197,9 +197,19 @@ class Tree:
     too_young: int = 0
     build_seconds: float = 0.0
     templates: int = 0
+    image_ids: dict[str, str] = field(default_factory=dict)
+    """Path of each in-use original base -> the Glance image id it is named after
+    (what nova's own cache manager needs as an instance's image_ref)."""
 
 
-def build_tree(root: str, n: int, bases_ratio: int, rng: random.Random, binary: str) -> Tree:
+def build_tree(root: str, n: int, bases_ratio: int, rng: random.Random, binary: str,
+               old_unused: int | None = None, local_slots: Sequence[int] = (3,),
+               swap_slots: Sequence[int] = (7,)) -> Tree:
+    """The node (see the module's docstring). The defaults are this benchmark's node; the
+    other benchmarks may change the mix: `old_unused` unused originals with old mtimes (the
+    plan removes them; default one per ten in-use originals), and an instance i gets a
+    disk.local when i % 10 is in `local_slots` and a disk.swap when it is in `swap_slots`
+    (default: one instance in ten each)."""
     started = time.perf_counter()
     now = time.time()
     ipath = os.path.join(root, "instances")
@@ -217,9 +227,15 @@ def build_tree(root: str, n: int, bases_ratio: int, rng: random.Random, binary: 
         make_base(path, rng.choice((1, 2, 4, 8, 10, 20)) * GiB, now - age)
         return path
 
+    def original() -> str:  # an in-use original; same draws, same order as ever
+        image_id = uid()
+        path = base(image_hash(image_id), rng.uniform(60, 1800))
+        tree.image_ids[path] = image_id
+        return path
+
     n_used = max(1, n // bases_ratio)
-    used = [base(image_hash(uid()), rng.uniform(60, 1800)) for _ in range(n_used)]
-    old = max(1, n_used // 10)  # unused for days: removed
+    used = [original() for _ in range(n_used)]
+    old = max(1, n_used // 10) if old_unused is None else old_unused  # unused for days: removed
     young = max(1, n_used // 40)  # unused for hours: too young
     for _ in range(old):
         base(image_hash(uid()), rng.uniform(2 * DAY, 40 * DAY))
@@ -247,9 +263,9 @@ def build_tree(root: str, n: int, bases_ratio: int, rng: random.Random, binary: 
         # Every used original gets one disk first, then the rest are spread at random.
         extra: list[tuple[str, str]] = [
             ("disk", used[i] if i < n_used else rng.choice(used))]
-        if i % 10 == 3:
+        if i % 10 in local_slots:
             extra.append(("disk.local", ephemerals[(i // 10) % 2]))
-        if i % 10 == 7:
+        if i % 10 in swap_slots:
             extra.append(("disk.swap", swaps[(i // 10) % 2]))
         for name, backing in extra:
             if made == n:

@@ -89,6 +89,25 @@ def _own_break(info: ImageInfo) -> tuple[Break, str] | None:
     return None
 
 
+_QCOW2 = ImageFormat.QCOW2
+_BREAK_OF = {
+    ProbeErrorKind.MISSING: Break.MISSING,
+    ProbeErrorKind.TRUNCATED: Break.CORRUPT,
+    ProbeErrorKind.CORRUPT: Break.CORRUPT,
+}
+
+
+def _done(links: list[ImageInfo], also: list[str], doubt: tuple[Break, str, str] | None,
+          broken: Break | None = None, at: str | None = None,
+          detail: str | None = None) -> Chain:
+    """The chain as followed: the first doubt is the reason; later breaks add names."""
+    if doubt is not None:
+        if at is not None:
+            also.append(at)
+        return Chain(tuple(links), doubt[0], doubt[1], doubt[2], tuple(also))
+    return Chain(tuple(links), broken, at, detail, tuple(also))
+
+
 def follow(disk: ImageInfo, prober: Prober, max_depth: int = MAX_CHAIN_DEPTH) -> Chain:
     """Follow the backing chain of an already-probed disk.
 
@@ -102,19 +121,14 @@ def follow(disk: ImageInfo, prober: Prober, max_depth: int = MAX_CHAIN_DEPTH) ->
     doubt: tuple[Break, str, str] | None = None
     also: list[str] = []
 
-    def done(broken: Break | None = None, at: str | None = None,
-             detail: str | None = None) -> Chain:
-        if doubt is not None:  # the first doubt is the reason; later breaks add names
-            if at is not None:
-                also.append(at)
-            return Chain(tuple(links), doubt[0], doubt[1], doubt[2], tuple(also))
-        return Chain(tuple(links), broken, at, detail, tuple(also))
-
     while True:
-        own = _own_break(current)
-        if own is not None:
+        # (the test of _own_break, inline: a scan follows a chain for every disk)
+        if (current.data_file is not None or current.unknown_features
+                or current.format in OPAQUE_FORMATS):
+            own = _own_break(current)
+            assert own is not None
             if own[0] is Break.OPAQUE:
-                return done(own[0], current.path, own[1])
+                return _done(links, also, doubt, own[0], current.path, own[1])
             if doubt is None:
                 doubt = (own[0], current.path, own[1])
             if current.data_file is not None:
@@ -126,25 +140,22 @@ def follow(disk: ImageInfo, prober: Prober, max_depth: int = MAX_CHAIN_DEPTH) ->
                     if (data.dev, data.ino) not in seen:
                         seen.add((data.dev, data.ino))
                         links.append(data)
-        if current.backing_file is None or current.format is not ImageFormat.QCOW2:
-            return done()
+        if current.backing_file is None or current.format is not _QCOW2:
+            return _done(links, also, doubt)
         if len(links) >= max_depth:
-            return done(Break.TOO_LONG, current.path, f"more than {max_depth} backing files")
+            return _done(links, also, doubt, Break.TOO_LONG, current.path,
+                         f"more than {max_depth} backing files")
         path = resolve_backing(current.path, current.backing_file)
         try:
             nxt = prober(path)
         except ProbeError as exc:
-            kind = {
-                ProbeErrorKind.MISSING: Break.MISSING,
-                ProbeErrorKind.TRUNCATED: Break.CORRUPT,
-                ProbeErrorKind.CORRUPT: Break.CORRUPT,
-            }.get(exc.kind, Break.UNREADABLE)
-            return done(kind, path, exc.detail)
+            return _done(links, also, doubt, _BREAK_OF.get(exc.kind, Break.UNREADABLE), path,
+                         exc.detail)
         except ValueError as exc:  # e.g. an embedded NUL that slipped through
-            return done(Break.CORRUPT, path, str(exc))
+            return _done(links, also, doubt, Break.CORRUPT, path, str(exc))
         key = (nxt.dev, nxt.ino)
         if key in seen:
-            return done(Break.LOOP, path, "backing file already in chain")
+            return _done(links, also, doubt, Break.LOOP, path, "backing file already in chain")
         seen.add(key)
         links.append(nxt)
         current = nxt

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from dataclasses import dataclass
 from enum import StrEnum
+from stat import S_ISBLK, S_ISREG
 
 from novakeeper.images import qcow2
 
 HEAD_SIZE = 4096
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
 class ImageFormat(StrEnum):
@@ -78,9 +79,13 @@ class ImageInfo:
 def resolve_backing(image_path: str, backing_file: str) -> str:
     """Where qemu looks for a backing file: relative names are relative to the folder of
     the image that names them (qemu's path_combine), not to the working directory."""
-    if os.path.isabs(backing_file):
+    if backing_file.startswith("/"):  # os.path.isabs, on the only OS nova's libvirt runs
         return backing_file
     return os.path.join(os.path.dirname(image_path), backing_file)
+
+
+_QCOW2 = ImageFormat.QCOW2
+_RAW = ImageFormat.RAW
 
 
 def _format_of(head: bytes) -> ImageFormat:
@@ -95,63 +100,50 @@ def _format_of(head: bytes) -> ImageFormat:
 def probe(path: str) -> ImageInfo:
     """Read the header of `path` (following symlinks, as qemu does)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        fd = os.open(path, _OPEN_FLAGS)
     except OSError as exc:
         raise _error(path, exc) from None
     try:
         st = os.fstat(fd)
-        device = stat.S_ISBLK(st.st_mode)
-        if not (device or stat.S_ISREG(st.st_mode)):
+        mode = st.st_mode
+        device = S_ISBLK(mode)
+        if not (device or S_ISREG(mode)):
             raise ProbeError(path, ProbeErrorKind.NOT_A_FILE, "not a regular file")
         try:
             head = os.pread(fd, HEAD_SIZE, 0)
         except OSError as exc:
             raise _error(path, exc) from None
-        fmt = _format_of(head)
-        if device and fmt is ImageFormat.RAW:
+        # a scan probes mostly qcow2 disks: their magic is tested first, inline
+        fmt = _QCOW2 if head[:4] == qcow2.MAGIC else _format_of(head)
+        if device and fmt is _RAW:
             # a raw volume (LVM, a passed-through disk) ends a chain; a qcow2 written
             # onto a device is read like any other, its backing file counts
             return ImageInfo(path, ImageFormat.DEVICE, 0, None, None, None, 0,
                              st.st_dev, st.st_ino, 0, 0, st.st_mtime,
                              (st.st_mtime_ns, st.st_ctime_ns))
-        backing = backing_format = data_file = None
-        virtual_size = st.st_size
-        unknown = 0
-        if fmt is ImageFormat.QCOW2:
+        if fmt is not _QCOW2:
+            return ImageInfo(path, fmt, st.st_size, None, None, None, 0, st.st_dev, st.st_ino,
+                             st.st_size, st.st_blocks * 512, st.st_mtime,
+                             (st.st_mtime_ns, st.st_ctime_ns))
 
-            def read_at(offset: int, length: int) -> bytes:
-                return os.pread(fd, length, offset)
+        def read_at(offset: int, length: int) -> bytes:
+            return os.pread(fd, length, offset)
 
-            try:
-                header = qcow2.parse(head, read_at)
-            except qcow2.HeaderError as exc:
-                msg = str(exc)
-                kind = ProbeErrorKind.TRUNCATED if msg.startswith("truncated") else (
-                    ProbeErrorKind.CORRUPT
-                )
-                raise ProbeError(path, kind, f"qcow2 header {msg}") from None
-            except OSError as exc:
-                raise _error(path, exc) from None
-            backing = header.backing_file
-            backing_format = header.backing_format
-            data_file = header.data_file
-            virtual_size = header.virtual_size
-            unknown = header.unknown_incompatible
-        return ImageInfo(
-            path=path,
-            format=fmt,
-            virtual_size=virtual_size,
-            backing_file=backing,
-            backing_format=backing_format,
-            data_file=data_file,
-            unknown_features=unknown,
-            dev=st.st_dev,
-            ino=st.st_ino,
-            size=st.st_size,
-            allocated=st.st_blocks * 512,
-            mtime=st.st_mtime,
-            changed=(st.st_mtime_ns, st.st_ctime_ns),
-        )
+        try:
+            _, size, _, backing, backing_format, data_file, incompatible = qcow2.parse_fields(
+                head, read_at)
+        except qcow2.HeaderError as exc:
+            msg = str(exc)
+            kind = ProbeErrorKind.TRUNCATED if msg.startswith("truncated") else (
+                ProbeErrorKind.CORRUPT
+            )
+            raise ProbeError(path, kind, f"qcow2 header {msg}") from None
+        except OSError as exc:
+            raise _error(path, exc) from None
+        return ImageInfo(path, fmt, size, backing, backing_format, data_file,
+                         incompatible & ~qcow2.KNOWN_INCOMPAT,  # Qcow2Header's unknown bits
+                         st.st_dev, st.st_ino, st.st_size, st.st_blocks * 512, st.st_mtime,
+                         (st.st_mtime_ns, st.st_ctime_ns))
     finally:
         os.close(fd)
 

@@ -14,8 +14,8 @@ Header extensions follow the header: type u32, length u32, data padded to 8 byte
 
 from __future__ import annotations
 
-import os
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,6 +45,11 @@ KNOWN_INCOMPAT = (
 _V2 = struct.Struct(">4sIQIIQ")  # magic, version, backing off, backing size, cluster_bits, size
 _V3 = struct.Struct(">QQQII")  # incompatible, compatible, autoclear, refcount_order, hdr length
 _EXT = struct.Struct(">II")
+_NAMED_EXTENSIONS = frozenset({EXT_BACKING_FORMAT, EXT_DATA_FILE})
+
+# os.fsdecode's codec, looked up once: a scan decodes two names per disk
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 
 ReadAt = Callable[[int, int], bytes]
 """read_at(offset, length) -> bytes; may return fewer bytes at end of file."""
@@ -90,7 +95,11 @@ def _decode_name(raw: bytes, what: str) -> str:
         raise HeaderError(f"corrupt: {what} contains a NUL byte")
     if not raw:
         raise HeaderError(f"corrupt: empty {what}")
-    return os.fsdecode(raw)
+    return raw.decode(_FS_ENCODING, _FS_ERRORS)  # os.fsdecode, without its checks
+
+
+Fields = tuple[int, int, int, str | None, str | None, str | None, int]
+"""Qcow2Header's fields, in its order."""
 
 
 def parse(head: bytes, read_at: ReadAt) -> Qcow2Header:
@@ -99,6 +108,12 @@ def parse(head: bytes, read_at: ReadAt) -> Qcow2Header:
     `head` is what was read from offset 0 (4 KiB is enough for every image qemu or nova
     writes); `read_at` fetches anything that lies beyond it.
     """
+    return Qcow2Header(*parse_fields(head, read_at))
+
+
+def parse_fields(head: bytes, read_at: ReadAt) -> Fields:
+    """`parse`, as a plain tuple: what a scan reads for every disk, without building a
+    Qcow2Header it would take apart again at once."""
     if len(head) < _V2.size:
         raise HeaderError(f"truncated: qcow2 header is {len(head)} bytes, needs {V2_HEADER_LENGTH}")
     magic, version, backing_off, backing_size, cluster_bits, size = _V2.unpack_from(head, 0)
@@ -143,15 +158,8 @@ def parse(head: bytes, read_at: ReadAt) -> Qcow2Header:
     )
     if incompatible & INCOMPAT_DATA_FILE and data_file is None:
         raise HeaderError("corrupt: external data file bit set but no data file name")
-    return Qcow2Header(
-        version=version,
-        virtual_size=size,
-        cluster_bits=cluster_bits,
-        backing_file=backing_file,
-        backing_format=backing_format,
-        data_file=data_file,
-        incompatible_features=incompatible,
-    )
+    return (version, size, cluster_bits, backing_file, backing_format, data_file,
+            incompatible)
 
 
 def _read_extensions(
@@ -161,15 +169,23 @@ def _read_extensions(
     backing_format: str | None = None
     data_file: str | None = None
     offset = start
+    # What lies in the head already read is taken from it directly (as _read_exact would,
+    # without a call per extension): all of it, for every image qemu-img writes.
+    head_len = len(head)
     while offset + _EXT.size <= end:
-        ext_type, ext_len = _EXT.unpack(_read_exact(head, read_at, offset, _EXT.size, "extension"))
+        if offset + _EXT.size <= head_len:
+            ext_type, ext_len = _EXT.unpack_from(head, offset)
+        else:
+            ext_type, ext_len = _EXT.unpack(
+                _read_exact(head, read_at, offset, _EXT.size, "extension"))
         offset += _EXT.size
         if ext_type == EXT_END:
             break
         if offset + ext_len > end:
             raise HeaderError(f"corrupt: header extension {ext_type:#x} overruns the header")
-        if ext_type in (EXT_BACKING_FORMAT, EXT_DATA_FILE):
-            data = _read_exact(head, read_at, offset, ext_len, "extension")
+        if ext_type in _NAMED_EXTENSIONS:
+            data = (head[offset : offset + ext_len] if offset + ext_len <= head_len
+                    else _read_exact(head, read_at, offset, ext_len, "extension"))
             if ext_type == EXT_BACKING_FORMAT:
                 backing_format = _decode_name(data, "backing format").strip()
             else:

@@ -8,6 +8,7 @@ scan that saw a disk on it.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,11 +29,18 @@ class UsageRecord:
     allocated: int
 
 
+def _plain(db: StateDB) -> sqlite3.Cursor:
+    """A cursor yielding plain tuples: sqlite3.Row costs a lookup per column, and a pass
+    reads a row per cache file."""
+    cursor = db.conn.cursor()
+    cursor.row_factory = None
+    return cursor
+
+
 def load(db: StateDB) -> dict[str, UsageRecord]:
-    rows = db.conn.execute(
+    rows = _plain(db).execute(
         "SELECT name, first_seen, last_seen, last_used, users, size, allocated FROM bases")
-    return {r["name"]: UsageRecord(r["name"], r["first_seen"], r["last_seen"], r["last_used"],
-                                   r["users"], r["size"], r["allocated"]) for r in rows}
+    return {r[0]: UsageRecord(*r) for r in rows}  # the columns in UsageRecord's order
 
 
 def record(db: StateDB, inventory: Inventory, now: float) -> dict[str, UsageRecord]:
@@ -43,11 +51,12 @@ def record(db: StateDB, inventory: Inventory, now: float) -> dict[str, UsageReco
         users = len(inventory.users_of(base.name))
         rows.append((storable(base.name), str(base.kind), base.image_hash, now, now,
                      now if users else None, users, base.size, base.allocated))
+    seen = {r[0] for r in rows}
     with db.write() as conn:
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS seen (name TEXT PRIMARY KEY)")
-        conn.execute("DELETE FROM seen")
-        conn.executemany("INSERT OR IGNORE INTO seen VALUES (?)", ((r[0],) for r in rows))
-        conn.execute("DELETE FROM bases WHERE name NOT IN (SELECT name FROM seen)")
+        # inside the write transaction: nobody else changes the rows in between
+        gone = [(name,) for (name,) in _plain(db).execute("SELECT name FROM bases")
+                if name not in seen]
+        conn.executemany("DELETE FROM bases WHERE name = ?", gone)
         conn.executemany(
             """INSERT INTO bases (name, kind, image_hash, first_seen, last_seen, last_used,
                                   users, size, allocated)
@@ -68,6 +77,8 @@ def storable(name: str) -> str:
     UTF-8 (decoded with surrogateescape) would make the driver raise UnicodeEncodeError
     and stop every run; its bytes are kept escaped (\\xff). Such a name is never one nova
     gives a cache file, so its record is never looked up by name."""
+    if name.isascii():  # every name nova gives: it encodes and decodes to itself
+        return name
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
