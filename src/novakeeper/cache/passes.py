@@ -3,18 +3,18 @@ benchmark all go through here, so they run exactly the same code."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from novakeeper.cache.budget import FsUsage
-from novakeeper.cache.executor import Executor, Rejudge
 from novakeeper.cache.inventory import Inventory, Problem, ProblemCode, Scanner, with_problems
 from novakeeper.cache.layout import BaseKind, kinds_usable_by
-from novakeeper.cache.locks import NovaLocks, nova_lock_dir
 from novakeeper.cache.plan import Decision, Plan
 from novakeeper.cache.policy import Observed, decide, recheck
 from novakeeper.cache.storage import read_registry
@@ -30,6 +30,9 @@ from novakeeper.usage.collect import Usage, collect
 from novakeeper.usage.libvirt import LibvirtDomains
 from novakeeper.usage.novaapi import NovaServers
 from novakeeper.usage.openfiles import OpenFiles
+
+if TYPE_CHECKING:  # oslo.concurrency and the executor: only for clean, not for a plan
+    from novakeeper.cache.executor import Executor, Rejudge
 
 LOG = logging.getLogger("novakeeper.cache")
 
@@ -48,10 +51,16 @@ class Pass:
     """What the plan read besides the inventory: the executor's re-checks read it too."""
     accept_unreadable: bool = False
 
+    frozen: bool = False
+    """The scan's objects were moved out of the cyclic collector's sight (gc.freeze)."""
+
     def close(self) -> None:
         if self.state is not None:
             self.state.close()
             self.state = None
+        if self.frozen:  # the service's next pass may free them
+            gc.unfreeze()
+            self.frozen = False
 
     def __enter__(self) -> Pass:
         return self
@@ -181,28 +190,37 @@ def plan_pass(settings: Settings, now: float | None = None, check: bool = False,
                           spawn_window=settings.policy.spawn_hold_seconds)
         with cyclic_gc_paused():
             inventory = scanner.scan(now)
+            # Alive until the pass ends and free of cycles: no collection needs to walk
+            # them again (one full collection after a 10,000-folder scan costs ~50 ms).
+            gc.freeze()
+        frozen = True
     else:  # the service's next pass: rescan only what changed since the last one
         scanner.spawn_window = settings.policy.spawn_hold_seconds
         with cyclic_gc_paused():
             inventory = scanner.refresh_at(now)
-    disagreements = 0
-    if check:
-        extra = cross_check(inventory)
-        disagreements = len(extra)
-        inventory = with_problems(inventory, extra)
-    when = time.time() if now is None else now
-    inventory, used = judged_inventory(settings, inventory, when, accept_unreadable, notes)
-    state = _open_state(settings, write_state, notes) if use_state else None
+        frozen = False
+    state = None
     try:
+        disagreements = 0
+        if check:
+            extra = cross_check(inventory)
+            disagreements = len(extra)
+            inventory = with_problems(inventory, extra)
+        when = time.time() if now is None else now
+        inventory, used = judged_inventory(settings, inventory, when, accept_unreadable,
+                                           notes)
+        state = _open_state(settings, write_state, notes) if use_state else None
         observed, reconciled = observe(settings, inventory, state, when, notes, used)
         with cyclic_gc_paused():
             plan = decide(inventory, settings.policy, when, observed)
     except BaseException:
         if state is not None:
             state.close()
+        if frozen:
+            gc.unfreeze()
         raise
     return Pass(scanner, inventory, plan, disagreements, state, reconciled, observed,
-                accept_unreadable)
+                accept_unreadable, frozen)
 
 
 def judged_inventory(settings: Settings, inventory: Inventory, now: float,
@@ -259,6 +277,9 @@ def rejudge_for(result: Pass, settings: Settings) -> Rejudge:
 
 def executor_for(result: Pass, settings: Settings) -> Executor:
     """The executor for a pass made with write_state=True: journaled, under nova's locks."""
+    from novakeeper.cache.executor import Executor
+    from novakeeper.cache.locks import NovaLocks, nova_lock_dir
+
     if result.state is None or not result.state.writable:
         raise NovakeeperError(ExitCode.PERMISSION, "the state database is not writable: "
                               "removals must be journaled")

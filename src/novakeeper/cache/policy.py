@@ -375,13 +375,15 @@ class _Judge:
     def facts(self, base: BaseFile) -> Facts:
         inventory, observed, problems = self.inventory, self.observed, self.inventory.problems
         disks = inventory.users_of(base.name)
-        users = tuple(dict.fromkeys(d.instance for d in disks))
-        hits = sorted(set(self.by_kind.get(base.kind, ())) | set(self.by_name.get(base.name,
-                                                                                    ())))
-        named = tuple(f"{path} (of {disk.path})"
-                      for disk, path in inventory.named.get(base.name, ()))
-        return Facts(base, self.now - base.mtime, users, tuple(d.path for d in disks),
-                     tuple(problems[i] for i in hits), self.config,
+        users = tuple(dict.fromkeys([d.instance for d in disks]))
+        held: tuple[Problem, ...] = ()
+        if problems:  # most nodes have none: skip the index lookups
+            hits = set(self.by_kind.get(base.kind, ())) | set(self.by_name.get(base.name, ()))
+            held = tuple([problems[i] for i in sorted(hits)])
+        named = tuple([f"{path} (of {disk.path})"
+                       for disk, path in inventory.named.get(base.name, ())])
+        return Facts(base, self.now - base.mtime, users, tuple([d.path for d in disks]),
+                     held, self.config,
                      observed.pins.match(base.name, base.kind, base.image_hash),
                      observed.last_used.get(base.name),
                      tuple(observed.sightings.get(base.name, ())), observed.source_errors,
