@@ -32,9 +32,9 @@ from collections.abc import Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from novakeeper.cache.budget import BudgetConfig
-from novakeeper.cache.passes import plan_pass
 from novakeeper.cache.plan import Verdict
 from novakeeper.cache.policy import cache_bytes
+from novakeeper.passes import plan_pass
 from novakeeper.settings import Settings
 from scan import bench_settings, built_node, node_args, source_state
 

@@ -59,9 +59,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from novakeeper.cache.layout import image_hash
-from novakeeper.cache.passes import plan_pass
 from novakeeper.cache.plan import Verdict
 from novakeeper.cache.policy import PolicyConfig
+from novakeeper.passes import plan_pass
 from novakeeper.settings import Settings, default_config_files
 
 DAY = 86400.0
@@ -89,7 +89,7 @@ if pid == 0:
             sys.argv = ["novakeeper", *rest]
             from novakeeper.cli import main
             main()
-        from novakeeper.cache.passes import plan_pass
+        from novakeeper.passes import plan_pass
         from novakeeper.cache.policy import PolicyConfig
         from novakeeper.settings import Settings
         if mode == "plan":

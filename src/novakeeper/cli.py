@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from novakeeper import settings
     from novakeeper.cache.executor import Report
-    from novakeeper.cache.passes import Pass
+    from novakeeper.passes import Pass
     from novakeeper.state.db import StateDB
 
 ORPHAN_AGE = 24 * 3600.0
@@ -115,9 +115,9 @@ IGNORE_UNREADABLE = click.option(
 
 
 def plan_pass(*args: Any, **kwargs: Any) -> Pass:
-    """`cache.passes.plan_pass`, imported when a command needs it; a name of this module,
+    """`passes.plan_pass`, imported when a command needs it; a name of this module,
     which the tests replace to make a command fail."""
-    from novakeeper.cache.passes import plan_pass as run
+    from novakeeper.passes import plan_pass as run
 
     return run(*args, **kwargs)
 
@@ -236,8 +236,8 @@ def clean(ctx: Context, yes: bool, dry_run: bool, as_json: bool, cross_check: bo
 
 def _clean(result: Pass, conf: settings.Settings, yes: bool, as_json: bool) -> None:
     from novakeeper.cache import render
-    from novakeeper.cache.passes import executor_for
     from novakeeper.cache.plan import Verdict
+    from novakeeper.passes import executor_for
 
     if as_json:
         render.log_plan(result.plan)  # the plan goes out once, with the result, below

@@ -21,9 +21,9 @@ from rich.console import Console
 from novakeeper import settings
 from novakeeper.cache import render
 from novakeeper.cache.layout import image_hash
-from novakeeper.cache.passes import executor_for, plan_pass
 from novakeeper.cache.plan import Verdict
 from novakeeper.errors import ExitCode, NovakeeperError
+from novakeeper.passes import executor_for, plan_pass
 from novakeeper.state.journal import history
 from novakeeper.units import human_bytes
 

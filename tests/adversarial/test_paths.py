@@ -24,10 +24,10 @@ import pytest
 
 from novakeeper.cache.executor import Action, Report
 from novakeeper.cache.layout import image_hash
-from novakeeper.cache.passes import Pass, executor_for, plan_pass
 from novakeeper.cache.plan import Decision, Plan, Verdict
 from novakeeper.cache.policy import PolicyConfig
 from novakeeper.errors import NovakeeperError
+from novakeeper.passes import Pass, executor_for, plan_pass
 from novakeeper.settings import Settings
 
 QEMU_IMG = shutil.which("qemu-img") or "qemu-img"

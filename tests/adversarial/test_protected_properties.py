@@ -37,9 +37,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from _cli_tree import permission_prefix, run_cli
-from novakeeper.cache.passes import executor_for, plan_pass
 from novakeeper.cache.policy import PolicyConfig
 from novakeeper.errors import ExitCode
+from novakeeper.passes import executor_for, plan_pass
 from novakeeper.settings import Settings
 from novakeeper.state import pins
 

@@ -246,9 +246,9 @@ if __name__ == "__main__":
 import pytest  # noqa: E402
 
 from novakeeper.cache.executor import Action  # noqa: E402
-from novakeeper.cache.passes import executor_for, plan_pass  # noqa: E402
 from novakeeper.cache.plan import Verdict  # noqa: E402
 from novakeeper.cache.policy import PolicyConfig  # noqa: E402
+from novakeeper.passes import executor_for, plan_pass  # noqa: E402
 from novakeeper.settings import Settings  # noqa: E402
 
 ROUNDS = int(os.environ.get("NOVAKEEPER_RACE_ROUNDS", "1000"))

@@ -16,9 +16,9 @@ from _tree import DAY, Node
 
 from novakeeper.cache.inventory import ProblemCode, Scanner
 from novakeeper.cache.layout import BaseKind
-from novakeeper.cache.passes import narrow_building
 from novakeeper.cache.plan import Verdict
 from novakeeper.cache.policy import PolicyConfig, decide
+from novakeeper.passes import narrow_building
 
 OLD = 30 * DAY
 HOLD = 120.0

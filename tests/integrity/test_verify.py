@@ -33,7 +33,6 @@ from conftest import make_qcow2
 from novakeeper import settings as settings_mod
 from novakeeper.cache.inventory import Scanner
 from novakeeper.cache.layout import QUARANTINE_NAME, image_hash
-from novakeeper.cache.passes import plan_pass
 from novakeeper.integrity import checksum
 from novakeeper.integrity import state as istate
 from novakeeper.integrity.glance import Glance, GlanceImage, Reference, reference
@@ -46,6 +45,7 @@ from novakeeper.integrity.verify import (
     verify,
     verify_some,
 )
+from novakeeper.passes import plan_pass
 from novakeeper.settings import Settings
 from novakeeper.state.db import open_state
 

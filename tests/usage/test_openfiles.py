@@ -239,8 +239,8 @@ def test_a_base_opened_after_the_plan_is_kept_by_clean(tmp_path, holders):
     process that opens an unused base after the plan (a `qemu-img convert` of it, say)
     keeps it, and the executor says so in the plan's words."""
     from novakeeper.cache.executor import Action
-    from novakeeper.cache.passes import executor_for, plan_pass
     from novakeeper.cache.policy import PolicyConfig
+    from novakeeper.passes import executor_for, plan_pass
     from novakeeper.settings import Settings
 
     node = Node(tmp_path)

@@ -17,7 +17,6 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from novakeeper.cache.passes import plan_pass
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.integrity.verify import (
     Action,
@@ -27,6 +26,7 @@ from novakeeper.integrity.verify import (
     VerifyReport,
     verify,
 )
+from novakeeper.passes import plan_pass
 from novakeeper.settings import Settings
 from novakeeper.units import human_bytes
 

@@ -39,13 +39,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from novakeeper.cache.executor import open_cache_dir
 from novakeeper.cache.inventory import BaseFile, Inventory
 from novakeeper.cache.layout import QUARANTINE_NAME, BaseKind, image_hash
 from novakeeper.cache.locks import NovaLocks, nova_lock_dir
-from novakeeper.cache.passes import Pass
 from novakeeper.cache.plan import Decision, Verdict
 from novakeeper.cache.storage import read_registry
 from novakeeper.errors import ExitCode, NovakeeperError
@@ -62,6 +61,9 @@ from novakeeper.integrity.glance import Glance, GlanceError, Reference, head_for
 from novakeeper.settings import Settings
 from novakeeper.state import pins as pins_mod
 from novakeeper.state.db import StateDB
+
+if TYPE_CHECKING:  # the pass drives integrity, not the other way round
+    from novakeeper.passes import Pass
 
 LOG = logging.getLogger("novakeeper.cache")
 

@@ -20,10 +20,10 @@ from types import FrameType
 
 from novakeeper.cache.inventory import Scanner
 from novakeeper.cache.locks import run_lock
-from novakeeper.cache.passes import Pass, executor_for, plan_pass
 from novakeeper.cache.plan import Plan, Verdict
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.integrity.verify import verify_some
+from novakeeper.passes import Pass, executor_for, plan_pass
 from novakeeper.service.metrics import Metrics, PassInfo
 from novakeeper.service.notify import Notifier
 from novakeeper.settings import Settings

@@ -1,5 +1,7 @@
-"""One cache pass, end to end: scan -> (cross-check) -> decide. The CLI, the demo and the
-benchmark all go through here, so they run exactly the same code."""
+"""One cache pass, end to end: scan -> usage sources -> (cross-check) -> state -> decide,
+and the executor with its re-check. It drives cache/, usage/, state/ and integrity/ from
+above them. The CLI, the service, the demo and the benchmarks all go through here, so they
+run exactly the same code."""
 
 from __future__ import annotations
 
