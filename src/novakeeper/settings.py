@@ -72,8 +72,9 @@ NOVAKEEPER_OPTS: list[cfg.Opt] = [
                     "base modified this recently, are held: a spawn may be between "
                     "nova's unlocked look for the base and its disk's creation."),
     cfg.IntOpt("removal_batch_size", default=128, min=1,
-               help="Removals decided by one rescan of the node; as many of nova's locks "
-                    "are held at once while it is re-checked."),
+               help="The smallest batch of removals decided by one rescan of the node "
+                    "(larger cleans use at most 4 batches); nova's lock is held on every "
+                    "file of a batch while it is re-checked."),
     cfg.BoolOpt("touch_in_use", default=True,
                 help="clean marks in-use bases by setting their mtime to now, as nova does."),
     cfg.StrOpt("max_cache_size", sample_default="50G",

@@ -25,7 +25,7 @@ from _tree import (
     truncate,
 )
 
-from novakeeper.cache.executor import Action
+from novakeeper.cache.executor import Action, Executor
 from novakeeper.cache.plan import Verdict
 from novakeeper.cache.policy import PolicyConfig
 from novakeeper.errors import ExitCode, NovakeeperError
@@ -426,3 +426,34 @@ def test_a_new_disk_in_a_new_qcow2_chain_protects_every_link(node):
     assert outcome.action is Action.SKIPPED
     assert "in use" in outcome.reason
     assert original.exists()
+
+
+def test_batches_grow_so_a_clean_needs_at_most_four_rescans():
+    """A clean costs a few rescans plus its removals: batches are at least the configured
+    size and grow past it so that no clean needs more than MAX_BATCHES rescans, within
+    the open-file limit (one descriptor per lock held)."""
+    import resource
+
+    from novakeeper.cache.executor import MAX_BATCHES, SPARE_FDS, batch_size
+
+    assert batch_size(10, 128) == 128
+    assert batch_size(450, 128) == 128  # 4 batches
+    assert batch_size(1006, 128) == 252  # 4 batches, not 8
+    assert batch_size(7, 3) == 3
+    big = batch_size(20_000, 128)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert big <= soft - SPARE_FDS
+    assert big == 5_000 or big == soft - SPARE_FDS  # raised as far as the hard limit lets
+    assert -(-20_000 // big) >= MAX_BATCHES
+
+
+def test_a_large_clean_rescans_a_few_times_not_once_per_batch_of_128(node):
+    """600 removals: 4 rescans (batches of 150), each file removed once, nothing skipped."""
+    names = [node.base(f"swap_{i + 1}", age=OLD, size=4096).name for i in range(600)]
+    plan = node.plan()
+    assert len(plan.removals) == 600
+    assert node.scanner is not None and node.inventory is not None
+    executor = Executor(node.scanner, node.inventory, plan, False, config=node.config)
+    report = executor.run()
+    assert sorted(o.name for o in report.removed) == sorted(names)
+    assert executor.rescans == 4

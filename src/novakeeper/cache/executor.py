@@ -25,6 +25,7 @@ import contextlib
 import errno
 import logging
 import os
+import resource
 import sqlite3
 import stat
 import time
@@ -152,8 +153,29 @@ Rejudge = Callable[[Inventory, float, Sequence[Decision]], dict[str, str | None]
 """(fresh inventory, clock, planned removals) -> why each must not go now (None: it may)."""
 
 BATCH_SIZE = 128
-"""Removals decided by one rescan. Bounds the locks held at once (one fd each) and how
-long a spawn of one of these unused bases may wait for its lock."""
+"""The smallest batch: removals decided by one rescan, with nova's lock held on each."""
+MAX_BATCHES = 4
+"""Larger cleans grow their batches so that they need at most this many rescans: a clean
+costs a few rescans of the node plus its removals, never disks x removals."""
+SPARE_FDS = 256
+"""File descriptors kept free beside a batch's locks (the state database, /proc walks)."""
+
+
+def batch_size(removals: int, smallest: int) -> int:
+    """How many removals one rescan decides: at least `smallest`, enough for at most
+    MAX_BATCHES batches, and no more locks (one file descriptor each) than the process
+    may open; its soft limit is raised towards the hard one when that is needed."""
+    wanted = max(smallest, -(-removals // MAX_BATCHES))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted + SPARE_FDS > soft and soft != resource.RLIM_INFINITY:
+        raised = wanted + SPARE_FDS if hard == resource.RLIM_INFINITY else min(
+            hard, wanted + SPARE_FDS)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+            soft = raised
+    if soft != resource.RLIM_INFINITY:
+        wanted = min(wanted, max(1, soft - SPARE_FDS))
+    return max(1, wanted)
 MAX_RESCANS = 8
 """Rescans of one batch while spawns keep starting; then the rest waits for the next run."""
 COARSE_SECONDS = 1.0
@@ -245,12 +267,13 @@ class Executor:
                         f"{TRASH_NAME}: {exc.strerror}; nothing removed") from None
             report.outcomes.extend(self._purge_trash())
             removals = self.plan.removals
-            for start in range(0, len(removals), self.batch_size):
+            size = batch_size(len(removals), self.batch_size)
+            for start in range(0, len(removals), size):
                 if self.should_stop is not None and self.should_stop():
                     LOG.info("Stopping between removals: %d of %d done",
                              start, len(removals))
                     break
-                report.outcomes.extend(self._batch(fd, removals[start:start + self.batch_size]))
+                report.outcomes.extend(self._batch(fd, removals[start:start + size]))
             # After the removals: touching changes the bases' ctime, which would make every
             # re-check above rescan every folder whose chain reaches a touched base.
             if self.touch_in_use:
