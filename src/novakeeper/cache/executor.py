@@ -361,12 +361,12 @@ class Executor:
                 else:
                     locked.append(d)
             # Under nova's locks nothing can fetch these files or create a disk on them.
-            entries, frees = self._begin(fd, locked, skip)
+            entries = self._begin(fd, locked, skip)
             pending = [d for d in locked if d.name not in done]
             for _ in range(MAX_RESCANS):
                 if not pending:
                     break
-                pending = self._settle(fd, pending, frees, done, skip)
+                pending = self._settle(fd, pending, done, skip)
             for d in pending:
                 skip(d, f"spawns kept starting during {MAX_RESCANS} re-checks; left for "
                         "the next run")
@@ -384,10 +384,9 @@ class Executor:
         return [done[d.name] for d in batch]
 
     def _begin(self, fd: int, locked: Sequence[Decision],
-               skip: Callable[[Decision, str], None]
-               ) -> tuple[dict[str, int], dict[str, int]]:
+               skip: Callable[[Decision, str], None]) -> dict[str, int]:
         """The journal's 'before' rows (no record, no removal: the history must show every
-        unlink), with what each removal frees now."""
+        unlink), with what each removal frees now; the row of each file by name."""
         frees: dict[str, int] = {}
         for d in locked:
             st, why = _still_planned(fd, d)
@@ -397,20 +396,19 @@ class Executor:
             frees[d.name] = st.st_blocks * 512 if st.st_nlink <= 1 else 0
         entries: dict[str, int] = {}
         if self.journal is None or not frees:
-            return entries, frees
+            return entries
         todo = [d for d in locked if d.name in frees]
         try:
             ids = self.journal.begin_many([(d, frees[d.name]) for d in todo], time.time())
         except sqlite3.Error as exc:
             for d in todo:
                 skip(d, f"journal unavailable: {exc}")
-            return entries, {}
+            return entries
         entries.update(zip((d.name for d in todo), ids, strict=True))
-        return entries, frees
+        return entries
 
-    def _settle(self, fd: int, pending: list[Decision], frees: dict[str, int],
-                done: dict[str, Outcome], skip: Callable[[Decision, str], None]
-                ) -> list[Decision]:
+    def _settle(self, fd: int, pending: list[Decision], done: dict[str, Outcome],
+                skip: Callable[[Decision, str], None]) -> list[Decision]:
         """One rescan and judgement of `pending`, then the removals it allows, each right
         after a look at the cheap signs. Returns what a sign sent back for another rescan."""
         now = self._now()
