@@ -83,6 +83,8 @@ from scan import (
     qemu_loop,
     qemu_variants,
     source_state,
+    sweep_args,
+    sweep_sizes,
     table,
     verify_tree,
 )
@@ -587,15 +589,12 @@ def report(results: Sequence[Result]) -> tuple[str, bool | None]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="1000,10000,50000",
-                    help="comma-separated disk counts (default: %(default)s)")
+    sweep_args(ap, "build the trees in DIR and keep them")
     ap.add_argument("--removals", default="auto",
                     help="removals at each size: auto (450 at 10,000 disks, scaled with the "
                          "square root of the size), one number for every size, or one per "
                          "size, comma-separated (at least 3: one old swap and one old "
                          "ephemeral base are always there)")
-    ap.add_argument("--bases-ratio", type=int, default=5,
-                    help="disks per in-use original base (default: %(default)s)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="trees built per size, one clean each (default: %(default)s)")
     ap.add_argument("--plan-runs", type=int, default=3,
@@ -607,35 +606,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--nova-venv", metavar="DIR",
                     help="nova's virtualenv (default: $NOVAKEEPER_NOVA_VENV, else "
                          "${XDG_CACHE_HOME:-~/.cache}/novakeeper/nova-venv)")
-    ap.add_argument("--qemu-sample", type=int, default=500,
-                    help="qemu-img calls timed when a whole baseline would take too long "
-                         "(default: %(default)s)")
-    ap.add_argument("--full-limit", type=float, default=180.0,
-                    help="measure the whole baseline if a pilot says it takes less than "
-                         "this many seconds (default: %(default)s)")
     ap.add_argument("--timeout", type=float, default=3600.0,
                     help="give up on a clean running longer (default: %(default)s s)")
-    ap.add_argument("--keep", metavar="DIR", help="build the trees in DIR and keep them")
-    ap.add_argument("--json", metavar="FILE", help="also write all results as JSON here")
-    ap.add_argument("--seed", type=int, default=2026)
     args = ap.parse_args(argv)
+    sweep_sizes(ap, args)
     try:
-        args.sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
         if args.removals == "auto":
             args.removals = [default_removals(s) for s in args.sizes]
         else:
             given = [int(x) for x in args.removals.split(",") if x.strip()]
             args.removals = given * len(args.sizes) if len(given) == 1 else given
     except ValueError:
-        ap.error("--sizes and --removals take comma-separated integers")
-    if not args.sizes or min(args.sizes) < 10:
-        ap.error("--sizes: each size must be at least 10")
+        ap.error("--removals takes comma-separated integers")
     if len(args.removals) != len(args.sizes):
         ap.error("--removals: one number, or one per size")
     if min(args.removals) < FIXED_REMOVALS + 1:
         ap.error(f"--removals: at least {FIXED_REMOVALS + 1}")
-    if args.rounds < 1 or args.plan_runs < 1 or args.bases_ratio < 1:
-        ap.error("--rounds, --plan-runs and --bases-ratio must be positive")
+    if args.rounds < 1 or args.plan_runs < 1:
+        ap.error("--rounds and --plan-runs must be positive")
     return args
 
 

@@ -674,27 +674,26 @@ def report(results: list[Result], headline: int) -> tuple[str, bool]:
     return text, all(ok for _, ok, _ in checks)
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def sweep_args(ap: argparse.ArgumentParser, keep_help: str) -> None:
+    """The options of a benchmark over several node sizes against a qemu-img baseline
+    (this one and bench/clean.py)."""
     ap.add_argument("--sizes", default="1000,10000,50000",
                     help="comma-separated disk counts (default: %(default)s)")
     ap.add_argument("--bases-ratio", type=int, default=5,
                     help="disks per in-use original base (default: %(default)s)")
     ap.add_argument("--qemu-sample", type=int, default=500,
-                    help="disks probed by qemu-img when the full set would take too long "
-                         "(default: %(default)s)")
+                    help="qemu-img calls timed when running it on every disk would take "
+                         "too long (default: %(default)s)")
     ap.add_argument("--full-limit", type=float, default=180.0,
                     help="run qemu-img on every disk if a pilot says it takes less than "
                          "this many seconds (default: %(default)s)")
-    ap.add_argument("--runs", type=int, default=7,
-                    help="timed plan runs per size, after one warm-up (min 5; default: "
-                         "%(default)s)")
-    ap.add_argument("--keep", metavar="DIR",
-                    help="build the trees in DIR/n<size> and keep them")
+    ap.add_argument("--keep", metavar="DIR", help=keep_help)
     ap.add_argument("--json", metavar="FILE", help="also write all results as JSON here")
     ap.add_argument("--seed", type=int, default=2026)
-    args = ap.parse_args(argv)
+
+
+def sweep_sizes(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Parse and check --sizes (and the positive counts) in place; argparse's error else."""
     try:
         args.sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
@@ -703,6 +702,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error("--sizes: each size must be at least 10")
     if args.bases_ratio < 1 or args.qemu_sample < 1:
         ap.error("--bases-ratio and --qemu-sample must be positive")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep_args(ap, "build the trees in DIR/n<size> and keep them")
+    ap.add_argument("--runs", type=int, default=7,
+                    help="timed plan runs per size, after one warm-up (min 5; default: "
+                         "%(default)s)")
+    args = ap.parse_args(argv)
+    sweep_sizes(ap, args)
     args.runs = max(5, args.runs)
     return args
 
