@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from novakeeper.cache.budget import FsUsage
 from novakeeper.cache.inventory import Inventory, Problem, ProblemCode, Scanner, with_problems
-from novakeeper.cache.layout import BaseKind, kinds_usable_by
+from novakeeper.cache.layout import TEMPLATE_KINDS, kinds_usable_by
 from novakeeper.cache.plan import Decision, Plan
 from novakeeper.cache.policy import Observed, decide, recheck
 from novakeeper.cache.storage import read_registry
@@ -239,11 +239,6 @@ def judged_inventory(settings: Settings, inventory: Inventory, now: float,
     return inventory, used
 
 
-# What the Nova API cannot name for an instance it says is building: its swap and
-# ephemeral templates (its image's bases it names, by sha1 of image_ref).
-_NOT_NAMED_BY_THE_API = frozenset({BaseKind.SWAP, BaseKind.EPHEMERAL})
-
-
 def narrow_building(inventory: Inventory, building: frozenset[str]) -> Inventory:
     """With the nova-api source on, a spawn hold of an instance the API says is being built
     here holds exactly its image's bases (the source's sightings) and, from the folder,
@@ -253,7 +248,7 @@ def narrow_building(inventory: Inventory, building: frozenset[str]) -> Inventory
     problems = []
     for p in inventory.problems:
         if p.code is ProblemCode.SPAWNING and p.instance in building:
-            kinds = p.holds_kinds & _NOT_NAMED_BY_THE_API
+            kinds = p.holds_kinds & TEMPLATE_KINDS  # the API names only its image's bases
             if not kinds:
                 continue
             p = replace(p, holds_kinds=kinds,

@@ -203,7 +203,8 @@ class Signs:
                      names)
 
     def still(self, path: str) -> bool:
-        """True when nothing was added or removed since these signs were taken."""
+        """True when nothing was added or removed since these signs were taken. The stat
+        comes last, so it can be the executor's last look before an unlink."""
         return self.listing_same(path) and self.stat_same(path)
 
     def listing_same(self, path: str) -> bool:
@@ -453,7 +454,7 @@ class Executor:
             # The last look, one stat away from the unlink: a spawn makes its instance
             # folder before it looks for its base, so a new folder since the rescan may
             # belong to a spawn that already saw this base.
-            if not (signs.listing_same(instances) and signs.stat_same(instances)):
+            if not signs.still(instances):  # its last step is one stat
                 LOG.info("A new entry in %s since the re-check: looking again before "
                          "removing %d more", instances, len(allowed) - i)
                 return allowed[i:]

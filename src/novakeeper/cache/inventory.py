@@ -21,6 +21,7 @@ from novakeeper.cache.layout import (
     ALL_KINDS,
     QUARANTINE_NAME,
     RUN_LOCK_NAME,
+    TEMPLATE_KINDS,
     TRASH_NAME,
     BaseKind,
     classify,
@@ -581,7 +582,7 @@ def building_holds(folder: FolderScan) -> tuple[frozenset[BaseKind], str] | None
     why = []
     if "console.log" not in folder.entries:
         if "disk" in folder.entries:
-            kinds |= {BaseKind.SWAP, BaseKind.EPHEMERAL}
+            kinds |= TEMPLATE_KINDS
             why.append("disks still being created after `disk` (no console.log yet)")
         else:
             kinds |= CHAINED_KINDS

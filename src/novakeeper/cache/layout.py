@@ -35,6 +35,8 @@ TRASH_NAME = ".novakeeper-trash"
 QUARANTINE_NAME = ".novakeeper-quarantine"  # corrupt bases `cache verify` moved aside
 
 ROOT_KINDS = frozenset({BaseKind.ORIGINAL, BaseKind.RESIZED})
+TEMPLATE_KINDS = frozenset({BaseKind.SWAP, BaseKind.EPHEMERAL})
+"""Swap and ephemeral templates: nova makes them itself, no image names them."""
 ALL_KINDS = frozenset(BaseKind)
 DELETABLE_KINDS = frozenset(
     {BaseKind.ORIGINAL, BaseKind.RESIZED, BaseKind.SWAP, BaseKind.EPHEMERAL,
