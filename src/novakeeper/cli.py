@@ -473,6 +473,10 @@ global_options(diagnose)
 cli.add_command(trace)
 cli.add_command(diagnose)
 
+from novakeeper.fleet.commands import fleet  # noqa: E402
+
+cli.add_command(fleet)
+
 
 def _fail(code: int, message: str) -> NoReturn:
     click.echo(f"novakeeper: error: {message}", err=True)

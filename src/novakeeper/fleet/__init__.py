@@ -1,0 +1,1 @@
+"""The fleet: novakeeper on many compute nodes, driven through Ansible (ansible-runner)."""

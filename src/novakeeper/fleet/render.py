@@ -1,0 +1,144 @@
+"""The fleet report as a table (rich) and as one self-contained HTML file."""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+from rich.console import Console
+
+from novakeeper.units import human_bytes
+
+
+def _bytes(value: int | None) -> str:
+    return "-" if value is None else human_bytes(value)
+
+
+def _headroom(n: dict[str, Any]) -> str:
+    if n["headroom"] is None:
+        return "no budget"
+    if n["headroom"] < 0:
+        return f"OVER {human_bytes(-n['headroom'])}"
+    return human_bytes(n["headroom"])
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def _last_clean(n: dict[str, Any]) -> str:
+    lc = n["last_clean"]
+    if lc is None:
+        return "never"
+    return f"{_when(lc['at'])} {lc['removed']} removed, {lc['outcome']}"
+
+
+def _clean(c: dict[str, Any] | None) -> str:
+    if c is None:
+        return ""
+    if c["status"] == "cleaned":
+        return f"removed {c['removed']}, freed {human_bytes(c['freed'])}"
+    return c["status"]
+
+
+COLUMNS = ("NODE", "CACHE", "FILES", "RECLAIMABLE", "HEADROOM", "PROBLEMS", "LAST CLEAN",
+           "VERSION")
+
+
+def rows(report: dict[str, Any]) -> list[list[str]]:
+    out = []
+    for n in report["nodes"]:
+        row = [n["host"], human_bytes(n["allocated"]), str(n["files"]),
+               human_bytes(n["reclaimable"]), _headroom(n), str(n["problems"]),
+               _last_clean(n), n["version"] or "?"]
+        if "clean" in n:
+            row.append(_clean(n["clean"]))
+        out.append(row)
+    return out
+
+
+def totals_line(report: dict[str, Any]) -> str:
+    t = report["totals"]
+    line = (f"fleet: {t['nodes']} nodes, {t['reporting']} reporting, {t['unreachable']} "
+            f"unreachable, {t['failed']} failed; cache {human_bytes(t['allocated'])} in "
+            f"{t['files']} files, reclaimable {human_bytes(t['reclaimable'])}, "
+            f"{t['over_budget']} over budget, {t['problems']} problems "
+            f"({report['seconds']:.1f} s)")
+    if "clean" in t:
+        c = t["clean"]
+        line += (f"\nclean: removed {c['removed']} files, freed {human_bytes(c['freed'])} on "
+                 f"{c['nodes_cleaned']} nodes; {c['nodes_failed']} failed, "
+                 f"{c['nodes_not_run']} not run")
+    return line
+
+
+def table(report: dict[str, Any], out: Console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    columns = COLUMNS + (("CLEAN",) if any("clean" in n for n in report["nodes"]) else ())
+    for name in columns:
+        t.add_column(name, justify="right" if name in ("CACHE", "FILES", "RECLAIMABLE",
+                                                       "HEADROOM", "PROBLEMS") else "left")
+    for row in rows(report):
+        t.add_row(*row)
+    out.print(t)
+    for d in report["down"]:
+        clean = f" (clean: {d['clean']['status']})" if "clean" in d else ""
+        out.print(f"{d['state'].upper():11} {d['host']}: {d['reason']}{clean}", markup=False,
+                  highlight=False)
+    for n in report["nodes"]:
+        c = n.get("clean")
+        if c and c["status"] == "failed":
+            out.print(f"CLEAN FAILED {n['host']}: {c.get('reason', '')}", markup=False,
+                      highlight=False)
+    out.print(totals_line(report), markup=False, highlight=False)
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0}
+th,td{padding:.3em .8em;border-bottom:1px solid #ddd;text-align:left}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+tr.over td{background:#fde8e8} tr.down td{background:#fff4d6}
+.totals{font-weight:600} pre{margin:0;font-size:12px}
+"""
+
+
+def html_page(report: dict[str, Any]) -> str:
+    """One file, no scripts, no links: the styles are inline, opens anywhere."""
+    e = html.escape
+    t = report["totals"]
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             "<title>novakeeper fleet report</title>", f"<style>{_CSS}</style>",
+             "</head><body>", "<h1>novakeeper fleet report</h1>",
+             f"<p>generated {e(_when(report['generated']))}</p>",
+             f'<p class="totals" id="totals">{e(totals_line(report))}</p>']
+    columns = COLUMNS + (("CLEAN",) if any("clean" in n for n in report["nodes"]) else ())
+    parts.append('<table id="nodes"><thead><tr>'
+                 + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr></thead><tbody>")
+    numeric = {1, 2, 3, 4, 5}
+    for n, row in zip(report["nodes"], rows(report), strict=True):
+        cls = ' class="over"' if (n["headroom"] or 0) < 0 else ""
+        cells = "".join(f'<td class="n">{e(v)}</td>' if i in numeric else f"<td>{e(v)}</td>"
+                        for i, v in enumerate(row))
+        parts.append(f'<tr{cls} data-host="{e(n["host"])}" data-reclaimable='
+                     f'"{n["reclaimable"]}" data-allocated="{n["allocated"]}">{cells}</tr>')
+    parts.append("</tbody></table>")
+    if report["down"]:
+        parts.append('<h2>Not reporting</h2><table id="down"><thead><tr><th>NODE</th>'
+                     "<th>STATE</th><th>REASON</th></tr></thead><tbody>")
+        for d in report["down"]:
+            parts.append(f'<tr class="down" data-host="{e(d["host"])}"><td>{e(d["host"])}</td>'
+                         f"<td>{e(d['state'])}</td><td>{e(d['reason'])}</td></tr>")
+        parts.append("</tbody></table>")
+    problems = [(n["host"], line) for n in report["nodes"] for line in n["problem_lines"]]
+    if problems:
+        parts.append('<h2>Problems</h2><table id="problems"><tbody>')
+        parts += [f"<tr><td>{e(h)}</td><td>{e(line)}</td></tr>" for h, line in problems]
+        parts.append("</tbody></table>")
+    parts.append(f"<p>{t['with_disk_report']} of {t['reporting']} nodes answered "
+                 "<code>disk report</code>.</p></body></html>")
+    return "\n".join(parts) + "\n"
