@@ -29,8 +29,6 @@ DOWN_HOST = "node-down"
 def dependency_wheels() -> Path:
     """Wheels of novakeeper's dependencies, built once per dependency list and kept in
     ~/.cache/novakeeper/fleet-wheels-<hash> (CI time: seconds after the first run)."""
-    meta = yaml.safe_load("[]")  # keep yaml imported for callers' inventories
-    del meta
     text = (REPO / "pyproject.toml").read_text()
     deps = text.split("dependencies = [", 1)[1].split("]", 1)[0]
     key = hashlib.sha256((deps + sys.version).encode()).hexdigest()[:12]
@@ -129,12 +127,14 @@ def build_node(root: Path, name: str, instances: int, seed: int,
 
 
 def write_inventory(path: Path, nodes: list[Node], down: bool = True) -> Path:
-    hosts: dict[str, Any] = {n.name: n.vars for n in nodes}
+    hosts: dict[str, Any] = {}
     if down:
-        # nothing listens on port 1: ssh is refused at once (no timeout to wait for)
+        # first in the inventory, so a serial clean meets it first; nothing listens on
+        # port 1: ssh is refused at once (no timeout to wait for)
         hosts[DOWN_HOST] = {"ansible_connection": "ssh", "ansible_host": "127.0.0.1",
                             "ansible_port": 1, "ansible_user": "nobody",
                             "novakeeper_become": False}
+    hosts.update({n.name: n.vars for n in nodes})
     path.write_text(yaml.safe_dump({"all": {"children": {"compute": {"hosts": hosts}}}},
                                    sort_keys=False))
     return path
