@@ -85,9 +85,8 @@ class Node:
         return [str(self.bin), "--config-file", str(self.config), *command]
 
     def run(self, *command: str) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         return subprocess.run(self.argv(*command), capture_output=True, text=True,
-                              timeout=300, check=False, env=env, stdin=subprocess.DEVNULL)
+                              timeout=300, check=False, env=node_env(), stdin=subprocess.DEVNULL)
 
 
 def allocated(path: str) -> int:
@@ -140,8 +139,16 @@ def write_inventory(path: Path, nodes: list[Node], down: bool = True) -> Path:
     return path
 
 
+def node_env() -> dict[str, str]:
+    """The environment of a "node": no PYTHONPATH (its venv's own novakeeper runs, not
+    this checkout's) and none of the tests' OS_NOVAKEEPER__* overrides (its own
+    configuration file decides)."""
+    return {k: v for k, v in os.environ.items()
+            if k != "PYTHONPATH" and not k.startswith("OS_NOVAKEEPER__")}
+
+
 def ansible_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = node_env()
     env.update(ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                ANSIBLE_SSH_ARGS="-o ConnectTimeout=5 -o StrictHostKeyChecking=no",
                ANSIBLE_RETRY_FILES_ENABLED="0")
@@ -154,3 +161,13 @@ def playbook(inventory: Path, name: str, *args: str) -> subprocess.CompletedProc
     return subprocess.run([binary, "-i", str(inventory), str(PLAYBOOKS / name), *args],
                           capture_output=True, text=True, timeout=900, check=False,
                           env=ansible_env(), cwd=ANSIBLE_DIR, stdin=subprocess.DEVNULL)
+
+
+def fleet_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`novakeeper fleet ...` from this checkout, with the nodes' environment passed on to
+    Ansible (this checkout is put on sys.path inside the process, not in PYTHONPATH)."""
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "from novakeeper.cli import main; main(sys.argv[1:])")
+    return subprocess.run([sys.executable, "-c", code, str(REPO / "src"), "fleet", *args],
+                          capture_output=True, text=True, timeout=900, check=False,
+                          env=ansible_env(), cwd=cwd or ANSIBLE_DIR, stdin=subprocess.DEVNULL)
