@@ -38,12 +38,6 @@ def _show(report: dict[str, Any], as_json: bool, html_file: str | None) -> None:
         render.table(report, console())
 
 
-def _check_matched(run: Any, inventory: str, limit: str | None) -> None:
-    if not run.hosts:
-        where = f" matching --limit {limit!r}" if limit else ""
-        raise NovakeeperError(ExitCode.USAGE, f"{inventory}: no hosts{where}")
-
-
 def _exit_for(report: dict[str, Any]) -> None:
     down = report["down"]
     if down:
@@ -65,7 +59,7 @@ def report(inventory: str, limit: str | None, forks: int, as_json: bool,
     from novakeeper.fleet import runner
 
     run = runner.run_playbook(runner.REPORT_PLAYBOOK, inventory, limit, forks)
-    _check_matched(run, inventory, limit)
+    runner.check_reached(run, inventory, limit)
     data = report_mod.merge(run)
     _show(data, as_json, html_file)
     _exit_for(data)
@@ -92,7 +86,7 @@ def clean(inventory: str, limit: str, serial: int, keep_going: bool, forks: int,
         runner.CLEAN_PLAYBOOK, inventory, limit, forks,
         {"novakeeper_serial": serial,
          "novakeeper_max_fail_percentage": 100 if keep_going else 0})
-    _check_matched(cleaned, inventory, limit)
+    runner.check_reached(cleaned, inventory, limit)
     after = runner.run_playbook(runner.REPORT_PLAYBOOK, inventory, limit, forks)
     data = report_mod.merge(after, cleaned)
     _show(data, as_json, html_file)

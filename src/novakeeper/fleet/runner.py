@@ -46,12 +46,19 @@ class PlaybookRun:
     seconds: float
     hosts: dict[str, HostRun]
     no_hosts_matched: bool = False
+    errors: tuple[str, ...] = ()
+    """Ansible's own [ERROR] lines, and its warning when the inventory did not parse."""
 
 
 def _reason(res: dict[str, Any]) -> str:
     """Ansible's reason for a failed or unreachable host, on one line."""
     parts = []
     msg = str(res.get("msg") or "").strip()
+    if msg == "Error executing command." and isinstance(res.get("rc"), int):
+        # the command module could not start the program: rc is the errno
+        cmd = res.get("cmd")
+        program = cmd[0] if isinstance(cmd, list) and cmd else str(cmd or "").split(" ")[0]
+        return f"cannot run {program}: {os.strerror(res['rc'])}"
     stderr = str(res.get("stderr") or "").strip()
     if stderr:
         parts.append(stderr.splitlines()[-1])
@@ -120,9 +127,34 @@ def run_playbook(name: str, inventory: str, limit: str | None = None, forks: int
             elif kind == "runner_on_ok" and task.startswith(TASK_PREFIX):
                 run.results[task.removeprefix(TASK_PREFIX)] = res
         status, rc = str(result.status), int(result.rc or 0)
+        errors = tuple(_errors(result.stdout.read() if result.stdout else ""))
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    if status == "failed" and not hosts and not no_hosts:
-        raise NovakeeperError(ExitCode.CONFIG, f"ansible-playbook failed before reaching any "
-                              f"host (exit {rc}): check {inventory} and --limit")
-    return PlaybookRun(name, status, rc, time.perf_counter() - started, hosts, no_hosts)
+    return PlaybookRun(name, status, rc, time.perf_counter() - started, hosts, no_hosts,
+                       errors)
+
+
+def _errors(output: str) -> list[str]:
+    lines = []
+    for line in output.splitlines():
+        line = line.strip()
+        if line.startswith(("[ERROR]", "ERROR!")) or (
+                line.startswith("[WARNING]") and "as an inventory source" in line):
+            lines.append(line.split("]:", 1)[-1].removeprefix("ERROR!").strip())
+    return lines
+
+
+def check_reached(run: PlaybookRun, inventory: str, limit: str | None) -> None:
+    """A run that reached no host at all is the command's failure, in one line: an
+    inventory Ansible could not parse, a --limit matching nothing, or Ansible's error."""
+    if run.hosts:
+        return
+    unparsed = [e for e in run.errors if "as an inventory source" in e]
+    if unparsed:
+        raise NovakeeperError(ExitCode.CONFIG, f"{inventory}: Ansible cannot parse this "
+                              "inventory (ansible-inventory -i FILE --list says why)")
+    if run.no_hosts_matched or any("no hosts to target" in e for e in run.errors):
+        where = f" matching --limit {limit!r}" if limit else ""
+        raise NovakeeperError(ExitCode.USAGE, f"{inventory}: no hosts{where}")
+    detail = run.errors[-1] if run.errors else f"exit {run.rc}"
+    raise NovakeeperError(ExitCode.CONFIG, f"ansible-playbook reached no host: {detail}")
