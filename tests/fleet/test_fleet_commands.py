@@ -11,10 +11,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from novakeeper.cache.plan import Verdict
-from novakeeper.errors import ExitCode
 from tests.fleet import _lab
 from tests.fleet.conftest import HOSTS, REACHABLE, Lab
+
+from novakeeper.cache.plan import Verdict
+from novakeeper.errors import ExitCode
 
 FIGURES = ("files", "allocated", "size", "reclaimable")
 
@@ -119,7 +120,7 @@ class Tables(HTMLParser):
 def test_html_report_is_self_contained_and_says_what_json_says(lab: Lab, installed: object,
                                                                 tmp_path: Path) -> None:
     page = tmp_path / "fleet.html"
-    rc, report, _ = report_json("report", "-i", str(lab.inventory), "--html", str(page))
+    _, report, _ = report_json("report", "-i", str(lab.inventory), "--html", str(page))
     parsed = Tables()
     parsed.feed(page.read_text())
     assert parsed.outside == []
@@ -158,7 +159,7 @@ def test_a_node_without_novakeeper_is_listed_as_failed(lab: Lab, installed: obje
         str(lab.nodes["node2"].vars["novakeeper_venv"]), str(tmp_path / "no-venv"))
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(text)
-    rc, report, stderr = report_json("report", "-i", str(inventory), "--limit", REACHABLE)
+    rc, report, _ = report_json("report", "-i", str(inventory), "--limit", REACHABLE)
     assert rc == ExitCode.PROBLEMS
     [down] = report["down"]
     assert (down["host"], down["state"], down["task"]) == ("node2", "failed", "version")

@@ -10,10 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from novakeeper import settings
 from tests.fleet import _lab
 from tests.fleet.conftest import HOSTS, REACHABLE, Lab, recap, snapshot
+
+from novakeeper import settings
 
 UNITS = ("novakeeper-cache.service", "novakeeper-cache-clean.service",
          "novakeeper-cache-clean.timer")
@@ -65,12 +65,22 @@ def test_drop_ins_pass_systemd_analyze(lab: Lab, installed: object,
     shutil.copytree(node.root / "systemd", unit_dir)
     # the shipped units name /opt/novakeeper/bin/novakeeper; the drop-ins replace it with
     # the node's venv, which exists, so verify needs no copy edited
-    proc = subprocess.run([tool, "verify", "--man=no", *(str(unit_dir / u) for u in UNITS)],
-                          capture_output=True, text=True, timeout=60, check=False,
-                          env={**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:"}, stdin=subprocess.DEVNULL)
-    complaints = [line for line in (proc.stdout + proc.stderr).splitlines()
-                  if "novakeeper" in line or str(unit_dir) in line]
+
+    def verify() -> tuple[subprocess.CompletedProcess[str], list[str]]:
+        proc = subprocess.run([tool, "verify", "--man=no", *(str(unit_dir / u) for u in UNITS)],
+                              capture_output=True, text=True, timeout=60, check=False,
+                              env={**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:"},
+                              stdin=subprocess.DEVNULL)
+        return proc, [line for line in (proc.stdout + proc.stderr).splitlines()
+                      if "novakeeper" in line or str(unit_dir) in line]
+
+    proc, complaints = verify()
     assert proc.returncode == 0 and complaints == [], proc.stdout + proc.stderr
+    # the drop-ins are read: a mistake in one is reported
+    dropin = unit_dir / "novakeeper-cache.service.d" / "ansible.conf"
+    dropin.write_text(dropin.read_text() + "ProtectSystme=strict\n")
+    _, complaints = verify()
+    assert any("ansible.conf" in line and "ProtectSystme" in line for line in complaints)
 
 
 def test_second_run_changes_nothing(lab: Lab, installed: object) -> None:

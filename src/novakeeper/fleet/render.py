@@ -39,7 +39,7 @@ def _clean(c: dict[str, Any] | None) -> str:
         return ""
     if c["status"] == "cleaned":
         return f"removed {c['removed']}, freed {human_bytes(c['freed'])}"
-    return c["status"]
+    return str(c["status"])
 
 
 COLUMNS = ("NODE", "CACHE", "FILES", "RECLAIMABLE", "HEADROOM", "PROBLEMS", "LAST CLEAN",
