@@ -48,7 +48,7 @@ def test_first_run_installs_and_configures(lab: Lab,
         assert f"ReadWritePaths={node.sandbox.cache_path} " in text
         info = (node.root / "metrics" / "novakeeper-node.prom").read_text()
         assert (f'novakeeper_node_info{{cell="{node.vars["novakeeper_cell"]}",'
-                'aggregate="ssd",az="az1",version="0.1.0"} 1') in info
+                'aggregate="ssd",az="az1",mode="service",version="0.1.0"} 1') in info
         # and the installed command really works on the node's cache
         status = node.run("cache", "status", "--json")
         assert status.returncode == 0, status.stderr
