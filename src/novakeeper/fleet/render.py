@@ -38,9 +38,14 @@ def _clean(c: dict[str, Any] | None) -> str:
     if c is None:
         return ""
     if c["status"] == "cleaned":
-        return f"removed {c['removed']}, freed {human_bytes(c['freed'])}"
+        note = EXIT_NOTES.get(c.get("exit") or 0, "")
+        return f"removed {c['removed']}, freed {human_bytes(c['freed'])}{note}"
     return str(c["status"])
 
+
+EXIT_NOTES = {6: " (exit 6: problems held files)", 10: " (exit 10: budget not met)",
+              11: " (exit 11: another run held the lock)"}
+"""cache clean's exits that are not failures, said in the CLEAN column."""
 
 COLUMNS = ("NODE", "CACHE", "FILES", "RECLAIMABLE", "HEADROOM", "PROBLEMS", "LAST CLEAN",
            "VERSION")
