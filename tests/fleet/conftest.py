@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.fleet import _lab
+
+from fleet import _lab
 
 HOSTS = ("node1", "node2", "node3")
 INSTANCES = 20

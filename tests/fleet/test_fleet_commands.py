@@ -11,9 +11,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-from tests.fleet import _lab
-from tests.fleet.conftest import HOSTS, REACHABLE, Lab
-
+from fleet import _lab
+from fleet.conftest import HOSTS, REACHABLE, Lab
 from novakeeper.cache.plan import Verdict
 from novakeeper.errors import ExitCode
 

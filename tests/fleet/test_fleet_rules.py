@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.fleet import _lab
-from tests.fleet.conftest import Lab
+
+from fleet import _lab
+from fleet.conftest import Lab
 
 MONITORING = _lab.REPO / "deploy" / "monitoring"
 RULES = MONITORING / "fleet-rules.yml"

@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.fleet import _lab
-from tests.fleet.conftest import HOSTS, REACHABLE, Lab, recap, snapshot
 
+from fleet import _lab
+from fleet.conftest import HOSTS, REACHABLE, Lab, recap, snapshot
 from novakeeper import settings
 
 UNITS = ("novakeeper-cache.service", "novakeeper-cache-clean.service",
