@@ -21,6 +21,9 @@ compared with one computed here from os.stat / os.statvfs and the sizes chosen:
 
 Then the node figures: local_gb, local_gb_used, disk_available_least as nova's floats and
 as ComputeNode's IntegerField stores them (int(): toward zero, so -3.4 is -3).
+
+Also: a corrupt qcow2 makes nova raise for the whole node (no figures at all), and nova
+counts a disk by the format its domain XML declares, not the file's.
 """
 
 from __future__ import annotations
@@ -264,3 +267,28 @@ def test_a_corrupt_qcow2_makes_nova_raise_for_the_whole_node(tmp_path: Path,
 def test_bad_input_is_one_line(tmp_path: Path, nova: Path) -> None:
     with pytest.raises(AssertionError, match=r"exited 2: nova_resources\.py: instances_path"):
         run_nova_resources(nova, tmp_path / "nowhere", [])
+
+
+def test_nova_counts_by_the_format_the_domain_declares(tmp_path: Path, nova: Path) -> None:
+    """nova takes the format from the domain XML (`<driver type=...>`), not the file: a
+    qcow2 declared raw counts as raw (file size - allocated), a raw file declared qcow2
+    goes through `qemu-img info` (which probes: raw) and the qcow2 formula. And a qcow2
+    whose backing file is gone still counts: `qemu-img info` does not open the chain."""
+    instances = tmp_path / "instances"
+    folder = instances / str(uuid.UUID(int=1, version=4))
+    qcow2 = make_qcow2(folder / "disk", size="1G")
+    qemu_io_write(qcow2, 0, MI)
+    raw = make_raw(folder / "disk.eph0", GI)
+    gone = make_raw(instances / "_base" / ("b" * 40), 4 * MI)
+    orphan = make_qcow2(folder / "disk.swap", backing=gone, size="1G")
+    gone.unlink()
+    domains = [domain(1, True, file_disk(qcow2, "raw", "vda"), file_disk(raw, "qcow2", "vdb"),
+                      file_disk(orphan, "qcow2", "vdc"))]
+    result = run_nova_resources(nova, instances, domains)
+    disks = result["domains"][0]["disks"]
+    as_raw = expected_raw(qcow2)
+    assert disks == [as_raw, expected_qcow2(raw, GI, None),
+                     expected_qcow2(orphan, GI, gone.name)]
+    assert 0 <= as_raw["over_committed_disk_size"] < MI  # ~1 GiB, had it been read as qcow2
+    assert result["over_committed_size_total"] == sum(
+        d["over_committed_disk_size"] for d in disks)
