@@ -5,6 +5,7 @@ os.stat and os.statvfs for the rest, nova's formulas written out again here."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,26 +37,36 @@ def _unavailable(message: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
-def loopfs(tmp_path: Path) -> Iterator[Path]:
-    """A fresh 3 GiB ext4 file system mounted on tmp_path/mnt (root and mount needed:
-    a failure in CI, a skip elsewhere)."""
+@contextlib.contextmanager
+def mounted_fs(tmp_path: Path, size: int) -> Iterator[Path]:
+    """A fresh ext4 file system of `size` bytes, loop-mounted on tmp_path/mnt: free space
+    is the test's alone (root and mount needed: a failure in CI, a skip elsewhere).
+    Inode tables and journal are initialised at mkfs time, not lazily after the mount."""
     image = tmp_path / "fs.img"
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     with open(image, "wb") as f:
-        f.truncate(3 * GIB)
+        f.truncate(size)
     if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
         _unavailable("a loop-mounted file system needs root and mkfs.ext4")
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "5",
+                    "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image)],
+                   check=True, capture_output=True, timeout=120)
     proc = subprocess.run(["mount", "-o", "loop", str(image), str(mnt)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         _unavailable(f"cannot loop-mount a file system: {proc.stderr.strip()}")
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False, capture_output=True)
+        subprocess.run(["umount", str(mnt)], check=False, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def loopfs(tmp_path: Path) -> Iterator[Path]:
+    """A 3 GiB node of its own."""
+    with mounted_fs(tmp_path, 3 * GIB) as mnt:
+        yield mnt
 
 
 def cache_name(image_id: str) -> str:

@@ -20,8 +20,10 @@ from _disk_sandbox import (
     expected,
     loopfs,  # noqa: F401  (fixture)
 )
+from _nova import NovaRaised, run_nova_resources
 
 from _cli_tree import run_cli
+from conftest import side_venv_python
 from novakeeper.disk.accounting import disk_available_least, nova_over_commit
 
 
@@ -144,7 +146,7 @@ def test_findings_name_numbers_and_fixes(node: Node) -> None:
     assert worst["numbers"]["shortfall"] == data["worst_case"]["shortfall"]
     assert "GiB more than it has" in worst["message"] and worst["action"]
     least = codes["disk-available-least-negative"]
-    assert str(data["nova"]["disk_available_least_reported"]) in least["message"]
+    assert f"nova stores {data['nova']['disk_available_least_reported']}" in least["message"]
     assert "cache-reclaimable" in codes and "novakeeper cache clean" in codes[
         "cache-reclaimable"]["action"]
     for f in data["findings"]:
@@ -186,3 +188,60 @@ def test_nova_arithmetic_units() -> None:
     least = disk_available_least(GIB // 2, 30 * GIB)
     assert least == ((GIB // 2) / GIB * GIB - 30 * GIB) / GIB
     assert int(least) == -29
+
+
+def _is_qcow2(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"QFI\xfb"
+    except FileNotFoundError:
+        return False
+
+
+def _domain(uuid: str, paths: list[str]) -> dict[str, Any]:
+    disks = []
+    for n, path in enumerate(paths):
+        name = os.path.basename(path)
+        missing = not os.path.exists(path)  # D's ephemeral disk was a qcow2 overlay
+        fmt = "qcow2" if _is_qcow2(path) or (missing and name == "disk.local") else "raw"
+        device = "cdrom" if name == "disk.config" else "disk"
+        disks.append({"type": "file", "device": device, "path": path, "format": fmt,
+                      "target": f"vd{chr(ord('a') + n)}"})
+    return {"uuid": uuid, "name": f"instance-{int(uuid[:8], 16):08x}", "running": True,
+            "disks": disks}
+
+
+def test_matches_nova_34s_own_get_available_resource(node: Node) -> None:
+    """nova's real code (side venv) on the same tree, domains described by XML."""
+    python = side_venv_python("nova", "NOVAKEEPER_NOVA_VENV")
+    ours = report(node)
+    domains = [_domain(uuid, paths) for uuid, paths in node.domains.items()]
+    theirs = run_nova_resources(python, node.instances, domains)
+    assert ours["over_commit"]["total"] == theirs["over_committed_size_total"]
+    assert ours["nova"]["disk_available_least"] == theirs["disk_available_least"]
+    assert ours["nova"]["disk_available_least_reported"] == theirs[
+        "disk_available_least_int"]
+    assert ours["scheduler"]["local_gb"] == theirs["local_gb_int"]
+    assert ours["file_system"]["free"] / GIB == theirs["local_gb_info"]["free"]
+    per_domain = {d["uuid"]: d for d in theirs["domains"]}
+    rows = by_instance(ours)
+    for uuid in node.domains:
+        nova_disks = per_domain[uuid]["disks"]
+        if nova_disks is None:  # nova dropped the whole domain (a missing disk)
+            assert rows[uuid]["over_commit"] == 0 and rows[uuid]["missing_disks"]
+            continue
+        mine = {d["path"]: d for d in rows[uuid]["disks"]}
+        for info in nova_disks:
+            assert mine[info["path"]]["over_commit"] == info["over_committed_disk_size"]
+            assert mine[info["path"]]["allocated"] == info["disk_size"]
+            assert mine[info["path"]]["virtual_size"] == info["virt_disk_size"]
+
+
+def test_a_corrupt_disk_stops_nova_but_not_the_report(node: Node) -> None:
+    """nova's periodic task raises on a corrupt qcow2 header (no figures for the node at
+    all); the report counts that disk as unknown and says so."""
+    python = side_venv_python("nova", "NOVAKEEPER_NOVA_VENV")
+    uuid = UUID.format(0xE, 0xE)
+    with pytest.raises(NovaRaised):
+        run_nova_resources(python, node.instances, [_domain(uuid, node.corrupt)])
+    assert by_instance(report(node))[uuid]["unknown_disks"] == 1

@@ -31,8 +31,6 @@ from __future__ import annotations
 import errno
 import math
 import os
-import shutil
-import subprocess
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _disk_sandbox import mounted_fs, qemu_io_write
 from _nova import NovaRaised, run_nova_resources
 
 from conftest import make_qcow2, make_raw, side_venv_python
@@ -49,7 +48,6 @@ MI = 1 << 20
 FS_BYTES = 128 * MI
 CONFIG_DRIVE_BYTES = 227 * 2048
 """An ISO 9660 config drive is whole 2 KiB sectors; an odd count ends mid-block."""
-QEMU_IO = shutil.which("qemu-io") or "qemu-io"
 
 
 @pytest.fixture(scope="module")
@@ -57,35 +55,11 @@ def nova() -> Path:
     return side_venv_python("nova", "NOVAKEEPER_NOVA_VENV")
 
 
-def run(*args: str) -> None:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed: {proc.stderr.strip()}")
-
-
 @pytest.fixture
 def node_fs(tmp_path: Path) -> Iterator[Path]:
     """A 128 MiB ext4 of its own, loop-mounted: free space is the test's alone."""
-    image, mountpoint = tmp_path / "node.img", tmp_path / "node"
-    mountpoint.mkdir()
-    make_raw(image, FS_BYTES)
-    run("mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "5",
-        "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image))
-    proc = subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    if proc.returncode != 0:
-        message = f"cannot loop-mount a file system: {proc.stderr.strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=False, timeout=60)
-
-
-def qemu_io_write(path: Path, offset: int, length: int) -> None:
-    run(QEMU_IO, "-f", "qcow2", "-c", f"write -P 1 {offset} {length}", str(path))
+    with mounted_fs(tmp_path, FS_BYTES) as mnt:
+        yield mnt
 
 
 def write_all(path: Path, size: int) -> Path:

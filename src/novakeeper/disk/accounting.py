@@ -291,6 +291,7 @@ class DiskReport:
             "generated_at": self.generated_at,
             "file_system": {"path": self.fs.path, "size": self.fs.total,
                             "used": self.fs.used, "free": self.fs.free,
+                            "reserved": self.fs.reserved,
                             "cache_shares": self.cache_shares,
                             "cache_file_system": None if self.cache_shares else {
                                 "path": self.cache_fs.path, "size": self.cache_fs.total,

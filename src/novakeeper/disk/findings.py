@@ -50,8 +50,8 @@ def negative_available_least(r: DiskReport) -> Finding | None:
         return None
     return _finding(
         "disk-available-least-negative", "critical",
-        f"disk_available_least is negative ({r.disk_available_least_reported} GiB, "
-        f"{least:.2f} before truncation): placements forced past the scheduler "
+        f"disk_available_least is negative ({least:.2f} GiB; nova stores "
+        f"{r.disk_available_least_reported}, truncated toward zero): placements forced past the scheduler "
         "(--availability-zone az:host) or a disk_allocation_ratio above 1 promised more "
         "than the disk holds",
         "stop forcing placements onto this host; move instances away or add disk; "

@@ -40,7 +40,8 @@ def _disk_words(row: InstanceRow) -> str:
             continue
         base = ""
         if d.base is not None:
-            base = f" on {d.base[:12]}{' (shared)' if d.base_shared else ''}"
+            name = d.base[:12] if len(d.base) == 40 else d.base  # a sha1 cache name
+            base = f" on {name}{' (shared)' if d.base_shared else ''}"
         parts.append(f"{d.name} {d.format} {human_bytes(d.virtual_size)}{base}")
     return "; ".join(parts)
 
@@ -51,7 +52,8 @@ def node_lines(r: DiskReport) -> list[tuple[str, str]]:
     cache_where = "same file system" if r.cache_shares else f"own file system {r.cache_fs.path}"
     lines = [
         ("file system", f"{human_bytes(fs.total)} size, {human_bytes(fs.used)} used, "
-                        f"{human_bytes(fs.free)} free ({fs.path})"),
+                        f"{human_bytes(fs.free)} free, {human_bytes(fs.reserved)} reserved "
+                        f"for root ({fs.path})"),
         ("cache", f"{human_bytes(r.cache.total)} in {r.cache.files} files ({cache_where}): "
                   f"{human_bytes(r.cache.reclaimable)} reclaimable now, "
                   f"{human_bytes(r.cache.in_use)} in use, {human_bytes(r.cache.kept)} kept"),
@@ -113,7 +115,7 @@ def print_report(r: DiskReport, out: Console, sort: str, top: int | None) -> Non
 # -- HTML -------------------------------------------------------------------------------
 
 COLOURS = {"reclaimable": "#e8a33d", "cache": "#8c6bb1", "instances": "#3b7dd8",
-           "other": "#9e9e9e", "free": "#cfe8cf", "over-commit": "#d9534f"}
+           "other": "#9e9e9e", "reserved": "#616161", "free": "#cfe8cf", "over-commit": "#d9534f"}
 
 CSS = """
 body{font-family:sans-serif;margin:2em;color:#222;max-width:1100px}
@@ -142,6 +144,7 @@ def disk_segments(r: DiskReport) -> list[tuple[str, str, int]]:
         ("cache", "cache in use or kept", cache_kept),
         ("instances", "instance disks allocated", r.instance_bytes),
         ("other", "other files", r.other_bytes + r.outside_bytes),
+        ("reserved", "reserved for root", r.fs.reserved),
         ("free", "free", r.fs.free),
     ]
 
@@ -176,7 +179,7 @@ def _stacked_bar(r: DiskReport) -> str:
     legend += (f'<span><i style="background:{COLOURS["over-commit"]}"></i>over-commit past '
                f'the end of the disk <b data-legend="over-commit">'
                f"{_e(signed_bytes(r.over_commit))}</b></span>")
-    return (f'<svg id="disk-bar" viewBox="0 0 {width:.0f} 60" width="100%" height="60" '
+    return (f'<svg id="disk-bar" viewBox="0 0 {width:.0f} 60" width="100%" height="60" preserveAspectRatio="none" '
             f'role="img" aria-label="disk under {_e(r.instances_path)}">{"".join(parts)}</svg>'
             f'<div class="legend">{legend}</div>')
 

@@ -35,6 +35,11 @@ class FileSystem:
     files: int = 0
     files_free: int = 0
 
+    @property
+    def reserved(self) -> int:
+        """Blocks only root may fill (f_bfree − f_bavail): neither used nor free."""
+        return self.total - self.used - self.free
+
     @classmethod
     def of(cls, path: str) -> FileSystem:
         try:
