@@ -17,6 +17,7 @@ from _disk_sandbox import (
     Node,
     allocated_under,
     build_node,
+    cache_name,
     expected,
     loopfs,  # noqa: F401  (fixture)
 )
@@ -64,7 +65,7 @@ def test_each_kind_of_disk(node: Node) -> None:
     assert set(a) == {"disk", "disk.local", "disk.swap", "disk.config"}
     assert a["disk"]["virtual_size"] == 2 * GIB and a["disk"]["format"] == "qcow2"
     assert a["disk"]["allocated"] > 3 * 1024**2  # 3 MiB really written, plus metadata
-    assert a["disk"]["base"] == os.path.basename(node.domains and a["disk"]["chain"][0])
+    assert a["disk"]["base"] == cache_name("image-a") and "chain" not in a["disk"]
     assert a["disk"]["base_shared"] is True  # A, B, D and the resize stand on it
     assert a["disk.swap"]["base"] == "swap_512" and a["disk.swap"]["base_shared"] is False
     assert a["disk.config"]["format"] == "raw"
@@ -230,7 +231,7 @@ def test_matches_nova_34s_own_get_available_resource(node: Node) -> None:
         if nova_disks is None:  # nova dropped the whole domain (a missing disk)
             assert rows[uuid]["over_commit"] == 0 and rows[uuid]["missing_disks"]
             continue
-        mine = {d["path"]: d for d in rows[uuid]["disks"]}
+        mine = {f'{rows[uuid]["folder"]}/{d["name"]}': d for d in rows[uuid]["disks"]}
         for info in nova_disks:
             assert mine[info["path"]]["over_commit"] == info["over_committed_disk_size"]
             assert mine[info["path"]]["allocated"] == info["disk_size"]

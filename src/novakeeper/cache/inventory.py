@@ -557,13 +557,27 @@ def pending_disks(folder: FolderScan) -> set[str]:
     base may be in use right now (or a spawn that failed)."""
     try:
         with open(os.path.join(folder.path, "disk.info"), "rb") as f:
-            data = json.loads(f.read(65536) or b"{}")
-    except (OSError, ValueError):
+            raw = f.read(DISK_INFO_LIMIT)
+    except OSError:
+        return set()
+    return announced_missing(raw, folder.entries)
+
+
+DISK_INFO_LIMIT = 65536
+"""Bytes of a disk.info read: a few entries of one path each."""
+
+
+def announced_missing(raw: bytes, entries: frozenset[str]) -> set[str]:
+    """The disk names a disk.info's JSON (`{"<path>": "<format>", ...}`) announces that
+    are not among `entries`; nothing when it cannot be parsed."""
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
         return set()
     if not isinstance(data, dict):
         return set()
     names = {os.path.basename(str(k)) for k in data}
-    return {n for n in names if n and n not in folder.entries}
+    return {n for n in names if n and n not in entries}
 
 
 def building_holds(folder: FolderScan) -> tuple[frozenset[BaseKind], str] | None:

@@ -19,14 +19,20 @@ Nova's arithmetic, from nova 34.0.0 `nova/virt/libvirt/driver.py`:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
-from novakeeper.cache.inventory import Disk, FolderKind, FolderScan, Inventory
+from novakeeper.cache.inventory import FolderScan, Inventory
 from novakeeper.cache.plan import Plan, Verdict
-from novakeeper.disk.survey import FileSystem, Other, Survey, counted_disk
+from novakeeper.disk.survey import (
+    INSTANCE_KINDS,
+    FileSystem,
+    Survey,
+    counted_disk,
+    counted_in,
+)
 
 GIB = 1024**3
 QCOW2 = "qcow2"
@@ -40,11 +46,6 @@ def nova_over_commit(fmt: str, virtual_size: int, size: int, allocated: int) -> 
     if fmt == DEVICE:
         return 0
     return size - allocated
-
-
-def growth(fmt: str, virtual_size: int, size: int, allocated: int) -> int:
-    """How much more the disk can take before it is full: nova's figure, never below 0."""
-    return max(0, nova_over_commit(fmt, virtual_size, size, allocated))
 
 
 def disk_available_least(free: int, over_commit: int) -> float:
@@ -74,58 +75,62 @@ class DiskRow:
 
     @property
     def growth(self) -> int:
+        """How much more the disk can take before it is full: nova's figure, never
+        below 0."""
         return max(0, self.over_commit or 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "format": self.format,
-                "virtual_size": self.virtual_size, "size": self.size,
-                "allocated": self.allocated, "over_commit": self.over_commit,
-                "growth": self.growth, "base": self.base, "base_shared": self.base_shared,
-                "chain": list(self.chain), "note": self.note}
+        """Compact: the path is the row's folder and the name; `chain` only when it holds
+        more than the base; `note` only when there is one."""
+        out: dict[str, Any] = {
+            "name": self.name, "format": self.format, "virtual_size": self.virtual_size,
+            "size": self.size, "allocated": self.allocated, "over_commit": self.over_commit,
+            "base": self.base, "base_shared": self.base_shared}
+        if len(self.chain) > 1 or (self.chain and self.base is None):
+            out["chain"] = list(self.chain)
+        if self.note:
+            out["note"] = self.note
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class InstanceRow:
+    """One instance folder's disks; the sums are computed once, by `of`."""
+
     instance: str
     folder: str
     disks: tuple[DiskRow, ...]
     missing: tuple[str, ...] = ()
     """Disks its disk.info names that do not exist: nova counts the instance as 0."""
+    unknown: int = 0
+    over_commit: int = 0
+    """What nova adds for this instance: 0 when a disk is missing or unreadable (nova's
+    OSError handler drops the whole domain)."""
+    allocated: int = 0
+    virtual_size: int = 0
+    growth: int = 0
+    flavor_gb: float = 0.0
+    """DISK_GB its flavor most likely allocates in placement: root, ephemeral and swap
+    disks rounded up to whole GiB each (nova's `resources_from_flavor` rounds swap MiB up
+    to GiB); a boot-from-volume instance has no root here."""
 
-    @property
-    def unknown(self) -> int:
-        return sum(1 for d in self.disks if d.over_commit is None)
-
-    @property
-    def over_commit(self) -> int:
-        """What nova adds for this instance: 0 when a disk is missing or unreadable
-        (nova's OSError handler drops the whole domain)."""
-        if self.missing or self.unknown:
-            return 0
-        return sum(d.over_commit or 0 for d in self.disks)
-
-    @property
-    def allocated(self) -> int:
-        return sum(d.allocated for d in self.disks)
-
-    @property
-    def virtual_size(self) -> int:
-        return sum(d.virtual_size for d in self.disks)
-
-    @property
-    def growth(self) -> int:
-        return sum(d.growth for d in self.disks)
-
-    def flavor_gb(self) -> float:
-        """DISK_GB this instance's flavor most likely allocates in placement: root and
-        ephemeral disks rounded up to whole GiB, swap rounded up too (nova's
-        `resources_from_flavor`); a boot-from-volume instance has no root here."""
-        total = 0
-        for d in self.disks:
-            if d.name == "disk" or d.name == "disk.local" or d.name.startswith("disk.eph") \
-                    or d.name == "disk.swap":
-                total += math.ceil(d.virtual_size / GIB)
-        return float(total)
+    @classmethod
+    def of(cls, instance: str, folder: str, disks: tuple[DiskRow, ...],
+           missing: tuple[str, ...] = ()) -> InstanceRow:
+        unknown = over = allocated = virtual = grown = flavor = 0
+        for d in disks:
+            allocated += d.allocated
+            virtual += d.virtual_size
+            if d.over_commit is None:
+                unknown += 1
+                continue
+            over += d.over_commit
+            grown += d.growth
+            name = d.name
+            if name in ("disk", "disk.local", "disk.swap") or name.startswith("disk.eph"):
+                flavor += -(-d.virtual_size // GIB)
+        return cls(instance, folder, disks, missing, unknown,
+                   0 if missing or unknown else over, allocated, virtual, grown, float(flavor))
 
     def to_dict(self) -> dict[str, Any]:
         return {"instance": self.instance, "folder": self.folder,
@@ -230,19 +235,19 @@ class DiskReport:
     def cache_shares(self) -> bool:
         return self.fs.dev == self.cache_fs.dev
 
-    @property
+    @cached_property
     def over_commit(self) -> int:
         return sum(row.over_commit for row in self.instances)
 
-    @property
+    @cached_property
     def unknown_disks(self) -> int:
         return sum(row.unknown for row in self.instances)
 
-    @property
+    @cached_property
     def instance_bytes(self) -> int:
         return sum(row.allocated for row in self.instances)
 
-    @property
+    @cached_property
     def other_bytes(self) -> int:
         return sum(self.other.values())
 
@@ -264,7 +269,7 @@ class DiskReport:
         """As the ComputeNode object stores it (IntegerField: int(), toward zero)."""
         return int(self.disk_available_least)
 
-    @property
+    @cached_property
     def growth(self) -> int:
         return sum(row.growth for row in self.instances)
 
@@ -317,51 +322,40 @@ class DiskReport:
 # -- assembly ----------------------------------------------------------------------------
 
 
-def _base_of(disk: Disk, cache_path: str) -> str | None:
-    for path in disk.chain:
-        if os.path.dirname(path) == cache_path:
-            return os.path.basename(path)
-    return None
-
-
 def instance_rows(inventory: Inventory, folders: Mapping[str, FolderScan],
                   survey: Survey) -> list[InstanceRow]:
     """One row per instance folder (uuid or instance-%08x) with at least one disk named
     as nova names the disks it attaches; other folders are other files."""
-    users_by_base: dict[str, set[str]] = {}
+    users_by_base: dict[str, int] = {}
     for name, disks in inventory.users.items():
-        users_by_base[name] = {d.instance for d in disks if d.folder_kind in (
-            FolderKind.INSTANCE, FolderKind.LEGACY)}
-    by_folder: dict[str, list[DiskRow]] = {}
-    for disk in inventory.disks:
-        if disk.folder_kind not in (FolderKind.INSTANCE, FolderKind.LEGACY):
-            continue
-        folder, name = os.path.split(disk.path)
-        if not counted_disk(name):
-            continue
-        base = _base_of(disk, inventory.cache_path)
-        shared = base is not None and len(users_by_base.get(base, ())) > 1
-        by_folder.setdefault(folder, []).append(DiskRow(
-            name, disk.path, disk.format, disk.virtual_size, disk.size, disk.allocated,
-            nova_over_commit(disk.format, disk.virtual_size, disk.size, disk.allocated),
-            base, shared, disk.chain))
-    details = {p.path: p.detail for p in inventory.problems}
-    for path, allocated in survey.unreadable.items():
-        folder, name = os.path.split(path)
-        scan = folders.get(folder)
-        if scan is None or scan.kind not in (FolderKind.INSTANCE, FolderKind.LEGACY):
-            continue
-        detail = details.get(path, "unreadable")
-        by_folder.setdefault(folder, []).append(DiskRow(
-            name, path, "unknown", 0, 0, allocated, None, note=detail))
+        users_by_base[name] = len({d.instance for d in disks if d.folder_kind in
+                                   INSTANCE_KINDS})
+    cache_prefix = inventory.cache_path + "/"
     rows = []
-    for folder, disk_rows in by_folder.items():
-        scan = folders.get(folder)
-        facts = survey.folders.get(folder)
-        instance = scan.instance if scan is not None else os.path.basename(folder)
-        rows.append(InstanceRow(instance, folder,
-                                tuple(sorted(disk_rows, key=lambda d: d.name)),
-                                facts.missing if facts is not None else ()))
+    for path, scan in folders.items():
+        names, bad = counted_in(scan)
+        if not names and not bad:
+            continue
+        cut = len(path) + 1
+        disk_rows = []
+        for disk in scan.disks:
+            name = disk.path[cut:]
+            if not counted_disk(name):
+                continue
+            base = next((p[len(cache_prefix):] for p in disk.chain
+                         if p.startswith(cache_prefix) and "/" not in p[len(cache_prefix):]),
+                        None)
+            disk_rows.append(DiskRow(
+                name, disk.path, disk.format, disk.virtual_size, disk.size, disk.allocated,
+                nova_over_commit(disk.format, disk.virtual_size, disk.size, disk.allocated),
+                base, base is not None and users_by_base.get(base, 0) > 1, disk.chain))
+        for name, problem in bad.items():
+            disk_rows.append(DiskRow(name, problem.path, "unknown", 0, 0,
+                                     survey.unreadable.get(problem.path, 0), None,
+                                     note=problem.detail))
+        disk_rows.sort(key=lambda d: d.name)
+        rows.append(InstanceRow.of(scan.instance, path, tuple(disk_rows),
+                                   survey.missing.get(path, ())))
     return rows
 
 
@@ -378,23 +372,12 @@ def cache_bytes(plan: Plan) -> CacheBytes:
                       total + trash - reclaimable - in_use, len(plan.decisions))
 
 
-def other_bytes(survey: Survey) -> dict[str, int]:
-    """Everything under instances_path that is neither cache nor a counted disk: a
-    `_del`/`_resize` folder counts whole, disks included (leftovers, not a domain's)."""
-    other = dict.fromkeys(Other.ALL, 0)
-    for facts in survey.folders.values():
-        for cat, size in facts.other.items():
-            other[cat] += size
-    other[Other.OTHER] += survey.top_level
-    return other
-
-
 def scheduler_view(rows: Sequence[InstanceRow], fs: FileSystem, least_reported: int,
                    growth: int, ratio: float, reserved_mb: int,
                    flavor_gb: int | None) -> SchedulerView:
     local_gb = int(fs.total / GIB)
     reserved_gb = math.ceil(reserved_mb / 1024.0) if reserved_mb else 0
-    used_gb = sum(r.flavor_gb() for r in rows)
+    used_gb = sum(r.flavor_gb for r in rows)
     capacity = (local_gb - reserved_gb) * ratio
     free_disk_gb = int(local_gb - int(reserved_mb / 1024 + used_gb))
     host_free_gb = min(least_reported, free_disk_gb)
@@ -431,6 +414,6 @@ def account(inventory: Inventory, folders: Mapping[str, FolderScan], plan: Plan,
     report = DiskReport(
         inventory.instances_path, inventory.cache_path, now or inventory.scanned_at,
         survey.fs, survey.cache_fs, cache_bytes(plan), tuple(rows),
-        other_bytes(survey), sched,
+        dict(survey.other), sched,
         unknown_bytes=sum(d.allocated for r in rows for d in r.disks if d.over_commit is None))
     return replace(report, findings=tuple(findings(report)))

@@ -51,9 +51,9 @@ def negative_available_least(r: DiskReport) -> Finding | None:
     return _finding(
         "disk-available-least-negative", "critical",
         f"disk_available_least is negative ({least:.2f} GiB; nova stores "
-        f"{r.disk_available_least_reported}, truncated toward zero): placements forced past the scheduler "
-        "(--availability-zone az:host) or a disk_allocation_ratio above 1 promised more "
-        "than the disk holds",
+        f"{r.disk_available_least_reported}, truncated toward zero): placements forced "
+        "past the scheduler (--availability-zone az:host) or a disk_allocation_ratio above "
+        "1 promised more than the disk holds",
         "stop forcing placements onto this host; move instances away or add disk; "
         "`novakeeper cache clean` frees what the cache no longer needs",
         disk_available_least=least, reported=r.disk_available_least_reported)

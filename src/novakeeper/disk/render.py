@@ -179,8 +179,9 @@ def _stacked_bar(r: DiskReport) -> str:
     legend += (f'<span><i style="background:{COLOURS["over-commit"]}"></i>over-commit past '
                f'the end of the disk <b data-legend="over-commit">'
                f"{_e(signed_bytes(r.over_commit))}</b></span>")
-    return (f'<svg id="disk-bar" viewBox="0 0 {width:.0f} 60" width="100%" height="60" preserveAspectRatio="none" '
-            f'role="img" aria-label="disk under {_e(r.instances_path)}">{"".join(parts)}</svg>'
+    return (f'<svg id="disk-bar" viewBox="0 0 {width:.0f} 60" width="100%" height="60" '
+            f'preserveAspectRatio="none" role="img" '
+            f'aria-label="disk under {_e(r.instances_path)}">{"".join(parts)}</svg>'
             f'<div class="legend">{legend}</div>')
 
 

@@ -11,11 +11,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from novakeeper.cache.inventory import (
+    DISK_INFO_LIMIT,
     FolderKind,
     FolderScan,
     Inventory,
+    Problem,
     ProblemCode,
-    pending_disks,
+    announced_missing,
 )
 from novakeeper.errors import ExitCode, NovakeeperError
 
@@ -67,25 +69,19 @@ class Other:
     ALL = (CONSOLE_LOGS, LOGS, DELETED, RESIZE, OTHER)
 
 
-@dataclass(frozen=True, slots=True)
-class FolderFacts:
-    """The non-disk side of one instance folder."""
-
-    other: Mapping[str, int]
-    """Category -> allocated bytes of files that are not counted disks."""
-    missing: tuple[str, ...] = ()
-    """Disks its disk.info announces that do not exist (finished folders only)."""
-
 
 @dataclass(frozen=True)
 class Survey:
     fs: FileSystem
     cache_fs: FileSystem
-    folders: Mapping[str, FolderFacts]
+    other: Mapping[str, int]
+    """Category (Other.ALL) -> allocated bytes of files that are not counted disks, the
+    files directly in instances_path and in its locks/ folder included."""
+    missing: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Instance folder -> disks its disk.info announces that do not exist (finished
+    folders only)."""
     unreadable: Mapping[str, int] = field(default_factory=dict)
     """Path of a disk that could not be read -> its allocated bytes (0 if even lstat failed)."""
-    top_level: int = 0
-    """Files directly in instances_path (and in its locks/ folder)."""
 
     @property
     def cache_shares(self) -> bool:
@@ -118,29 +114,69 @@ def _category(kind: FolderKind, name: str) -> str:
     return Other.OTHER
 
 
-def folder_facts(folder: FolderScan, disk_names: Iterable[str]) -> FolderFacts:
-    """Bytes of every entry that is not a counted disk, by category; a `_del` or
-    `_resize` folder counts whole (its disks are leftovers, not a domain's)."""
-    counted = set(disk_names) if folder.kind in (FolderKind.INSTANCE,
-                                                 FolderKind.LEGACY) else set()
-    other: dict[str, int] = {}
-    for name in folder.entries:
-        if name in counted:
-            continue
-        cat = _category(folder.kind, name)
-        path = os.path.join(folder.path, name)
-        size = _allocated(path)
-        try:
-            if stat.S_ISDIR(os.lstat(path).st_mode):
-                size += _tree_bytes(path)
-        except OSError:
-            pass
-        other[cat] = other.get(cat, 0) + size
+UNREADABLE = (ProblemCode.DISK_UNREADABLE, ProblemCode.DISK_CORRUPT)
+INSTANCE_KINDS = (FolderKind.INSTANCE, FolderKind.LEGACY)
+
+
+def counted_in(folder: FolderScan) -> tuple[list[str], dict[str, Problem]]:
+    """The folder's disks nova would attach (names), and those of them that could not be
+    read (name -> the problem); none for `_del`, `_resize` and other folders."""
+    if folder.kind not in INSTANCE_KINDS:
+        return [], {}
+    cut = len(folder.path) + 1
+    names = [n for n in (d.path[cut:] for d in folder.disks) if counted_disk(n)]
+    bad = {p.path[cut:]: p for p in folder.problems
+           if p.code in UNREADABLE and counted_disk(p.path[cut:])}
+    return names, bad
+
+
+def folder_facts(folder: FolderScan, counted: Iterable[str], other: dict[str, int]
+                 ) -> tuple[str, ...]:
+    """Adds the bytes of every entry that is not a counted disk to `other`, by category
+    (a `_del` or `_resize` folder counts whole: its disks are leftovers, not a domain's).
+    Returns the disks a finished instance folder's disk.info names that do not exist:
+    disk.info is read once, for its size and those names."""
+    skip = set(counted)
+    finished = folder.kind in INSTANCE_KINDS and "console.log" in folder.entries
     missing: tuple[str, ...] = ()
-    if (folder.kind in (FolderKind.INSTANCE, FolderKind.LEGACY)
-            and "console.log" in folder.entries):
-        missing = tuple(sorted(n for n in pending_disks(folder) if counted_disk(n)))
-    return FolderFacts(other, missing)
+    prefix = folder.path + "/"
+    kind = folder.kind
+    for name in folder.entries:
+        if name in skip:
+            continue
+        path = prefix + name
+        if finished and name == "disk.info":
+            size, raw = _read_small(path)
+            if raw is not None:
+                missing = tuple(sorted(n for n in announced_missing(raw, folder.entries)
+                                       if counted_disk(n)))
+        else:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue  # gone since the scan
+            size = st.st_blocks * 512
+            if stat.S_ISDIR(st.st_mode):
+                size += _tree_bytes(path)
+        other[_category(kind, name)] += size
+    return missing
+
+
+def _read_small(path: str) -> tuple[int, bytes | None]:
+    """(allocated bytes, content) of a small file, in one open."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return _allocated(path), None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return st.st_blocks * 512, None
+        return st.st_blocks * 512, os.read(fd, DISK_INFO_LIMIT)
+    except OSError:
+        return 0, None
+    finally:
+        os.close(fd)
 
 
 def _tree_bytes(path: str) -> int:
@@ -151,23 +187,22 @@ def _tree_bytes(path: str) -> int:
     return total
 
 
-def _top_level(instances_path: str, cache_name: str) -> int:
+def _top_level(instances_path: str) -> int:
+    """Files directly in instances_path, and nova's locks/ folder. The folders were
+    scanned: their type comes from the listing (d_type), with no stat each."""
     total = 0
     try:
         entries = list(os.scandir(instances_path))
     except OSError:
         return 0
     for entry in entries:
-        if entry.name == cache_name:
-            continue
         try:
-            st = entry.stat(follow_symlinks=False)
+            if entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_blocks * 512
+            elif entry.name == "locks" and entry.is_dir(follow_symlinks=False):
+                total += _allocated(entry.path) + _tree_bytes(entry.path)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode):
-            total += st.st_blocks * 512
-        elif entry.name == "locks" and stat.S_ISDIR(st.st_mode):
-            total += st.st_blocks * 512 + _tree_bytes(entry.path)
     return total
 
 
@@ -176,20 +211,15 @@ def survey(inventory: Inventory, folders: Mapping[str, FolderScan]) -> Survey:
     instances path cannot be read."""
     fs = FileSystem.of(inventory.instances_path)
     cache_fs = FileSystem.of(inventory.cache_real_path)
-    disks_by_folder: dict[str, list[str]] = {}
-    for disk in inventory.disks:
-        folder, name = os.path.split(disk.path)
-        if counted_disk(name):
-            disks_by_folder.setdefault(folder, []).append(name)
+    other = dict.fromkeys(Other.ALL, 0)
+    missing: dict[str, tuple[str, ...]] = {}
     unreadable: dict[str, int] = {}
-    for problem in inventory.problems:
-        if problem.code in (ProblemCode.DISK_UNREADABLE, ProblemCode.DISK_CORRUPT):
-            folder, name = os.path.split(problem.path)
-            if counted_disk(name):
-                unreadable[problem.path] = _allocated(problem.path)
-                disks_by_folder.setdefault(folder, []).append(name)
-    facts = {path: folder_facts(scan, disks_by_folder.get(path, ()))
-             for path, scan in folders.items()}
-    cache_name = os.path.basename(inventory.cache_path)
-    return Survey(fs, cache_fs, facts, unreadable, _top_level(inventory.instances_path,
-                                                                cache_name))
+    for path, scan in folders.items():
+        names, bad = counted_in(scan)
+        for problem in bad.values():
+            unreadable[problem.path] = _allocated(problem.path)
+        gone = folder_facts(scan, (*names, *bad), other)
+        if gone:
+            missing[path] = gone
+    other[Other.OTHER] += _top_level(inventory.instances_path)
+    return Survey(fs, cache_fs, other, missing, unreadable)
