@@ -491,7 +491,10 @@ def disk_report(ctx: Context, as_json: bool, html_file: str | None, sort: str,
             raise NovakeeperError(ExitCode.PATH,
                                   f"{html_file}: {exc.strerror or exc}") from None
     if as_json:
-        json_out(report.to_dict(sort, top))
+        from novakeeper.gcpause import cyclic_gc_paused
+
+        with cyclic_gc_paused():  # tens of thousands of small dicts, no cycles
+            json_out(report.to_dict(sort, top))
     else:
         render.print_report(report, console(), sort, top)
 

@@ -231,7 +231,7 @@ def test_matches_nova_34s_own_get_available_resource(node: Node) -> None:
         if nova_disks is None:  # nova dropped the whole domain (a missing disk)
             assert rows[uuid]["over_commit"] == 0 and rows[uuid]["missing_disks"]
             continue
-        mine = {f'{rows[uuid]["folder"]}/{d["name"]}': d for d in rows[uuid]["disks"]}
+        mine = {f"{node.instances}/{uuid}/{d['name']}": d for d in rows[uuid]["disks"]}
         for info in nova_disks:
             assert mine[info["path"]]["over_commit"] == info["over_committed_disk_size"]
             assert mine[info["path"]]["allocated"] == info["disk_size"]

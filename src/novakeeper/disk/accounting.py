@@ -31,7 +31,6 @@ from novakeeper.disk.survey import (
     FileSystem,
     Survey,
     counted_disk,
-    counted_in,
 )
 
 GIB = 1024**3
@@ -133,7 +132,7 @@ class InstanceRow:
                    0 if missing or unknown else over, allocated, virtual, grown, float(flavor))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"instance": self.instance, "folder": self.folder,
+        return {"instance": self.instance,
                 "over_commit": self.over_commit, "allocated": self.allocated,
                 "virtual_size": self.virtual_size, "growth": self.growth,
                 "unknown_disks": self.unknown, "missing_disks": list(self.missing),
@@ -332,10 +331,8 @@ def instance_rows(inventory: Inventory, folders: Mapping[str, FolderScan],
                                    INSTANCE_KINDS})
     cache_prefix = inventory.cache_path + "/"
     rows = []
-    for path, scan in folders.items():
-        names, bad = counted_in(scan)
-        if not names and not bad:
-            continue
+    for path, (_names, bad) in survey.counted.items():
+        scan = folders[path]
         cut = len(path) + 1
         disk_rows = []
         for disk in scan.disks:

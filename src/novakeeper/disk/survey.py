@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
 from novakeeper.cache.inventory import (
@@ -70,6 +70,10 @@ class Other:
 
 
 
+Counted = tuple[list[str], dict[str, Problem]]
+"""(names of the disks nova would attach, those of them unreadable: name -> problem)."""
+
+
 @dataclass(frozen=True)
 class Survey:
     fs: FileSystem
@@ -82,6 +86,8 @@ class Survey:
     folders only)."""
     unreadable: Mapping[str, int] = field(default_factory=dict)
     """Path of a disk that could not be read -> its allocated bytes (0 if even lstat failed)."""
+    counted: Mapping[str, Counted] = field(default_factory=dict)
+    """Instance folder -> its disks nova would attach (`counted_in`)."""
 
     @property
     def cache_shares(self) -> bool:
@@ -102,11 +108,8 @@ def _allocated(path: str) -> int:
     return st.st_blocks * 512
 
 
-def _category(kind: FolderKind, name: str) -> str:
-    if kind is FolderKind.DELETED:
-        return Other.DELETED
-    if kind is FolderKind.RESIZE:
-        return Other.RESIZE
+def _category(name: str) -> str:
+    """Of a file in an instance folder (or another folder) that is not a disk."""
     if name.startswith("console.log"):
         return Other.CONSOLE_LOGS
     if name.endswith(".log") or ".log." in name:
@@ -118,7 +121,7 @@ UNREADABLE = (ProblemCode.DISK_UNREADABLE, ProblemCode.DISK_CORRUPT)
 INSTANCE_KINDS = (FolderKind.INSTANCE, FolderKind.LEGACY)
 
 
-def counted_in(folder: FolderScan) -> tuple[list[str], dict[str, Problem]]:
+def counted_in(folder: FolderScan) -> Counted:
     """The folder's disks nova would attach (names), and those of them that could not be
     read (name -> the problem); none for `_del`, `_resize` and other folders."""
     if folder.kind not in INSTANCE_KINDS:
@@ -130,25 +133,26 @@ def counted_in(folder: FolderScan) -> tuple[list[str], dict[str, Problem]]:
     return names, bad
 
 
-def folder_facts(folder: FolderScan, counted: Iterable[str], other: dict[str, int]
+def folder_facts(folder: FolderScan, skip: Container[str], other: dict[str, int]
                  ) -> tuple[str, ...]:
-    """Adds the bytes of every entry that is not a counted disk to `other`, by category
-    (a `_del` or `_resize` folder counts whole: its disks are leftovers, not a domain's).
-    Returns the disks a finished instance folder's disk.info names that do not exist:
-    disk.info is read once, for its size and those names."""
-    skip = set(counted)
-    finished = folder.kind in INSTANCE_KINDS and "console.log" in folder.entries
+    """Adds the bytes of every entry that is not a counted disk (`skip`) to `other`, by
+    category (a `_del` or `_resize` folder counts whole: its disks are leftovers, not a
+    domain's). Returns the disks a finished instance folder's disk.info names that do not
+    exist: disk.info is read once, for its size and those names."""
+    kind = folder.kind
+    entries = folder.entries
+    finished = kind in INSTANCE_KINDS and "console.log" in entries
+    whole = {FolderKind.DELETED: Other.DELETED, FolderKind.RESIZE: Other.RESIZE}.get(kind)
     missing: tuple[str, ...] = ()
     prefix = folder.path + "/"
-    kind = folder.kind
-    for name in folder.entries:
+    for name in entries:
         if name in skip:
             continue
         path = prefix + name
         if finished and name == "disk.info":
             size, raw = _read_small(path)
             if raw is not None:
-                missing = tuple(sorted(n for n in announced_missing(raw, folder.entries)
+                missing = tuple(sorted(n for n in announced_missing(raw, entries)
                                        if counted_disk(n)))
         else:
             try:
@@ -158,7 +162,7 @@ def folder_facts(folder: FolderScan, counted: Iterable[str], other: dict[str, in
             size = st.st_blocks * 512
             if stat.S_ISDIR(st.st_mode):
                 size += _tree_bytes(path)
-        other[_category(kind, name)] += size
+        other[whole or _category(name)] += size
     return missing
 
 
@@ -214,12 +218,17 @@ def survey(inventory: Inventory, folders: Mapping[str, FolderScan]) -> Survey:
     other = dict.fromkeys(Other.ALL, 0)
     missing: dict[str, tuple[str, ...]] = {}
     unreadable: dict[str, int] = {}
+    counted: dict[str, Counted] = {}
     for path, scan in folders.items():
-        names, bad = counted_in(scan)
-        for problem in bad.values():
-            unreadable[problem.path] = _allocated(problem.path)
-        gone = folder_facts(scan, (*names, *bad), other)
+        names, bad = found = counted_in(scan)
+        if names or bad:
+            counted[path] = found
+            for problem in bad.values():
+                unreadable[problem.path] = _allocated(problem.path)
+            gone = folder_facts(scan, {*names, *bad}, other)
+        else:
+            gone = folder_facts(scan, (), other)
         if gone:
             missing[path] = gone
     other[Other.OTHER] += _top_level(inventory.instances_path)
-    return Survey(fs, cache_fs, other, missing, unreadable)
+    return Survey(fs, cache_fs, other, missing, unreadable, counted)
