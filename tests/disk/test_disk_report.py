@@ -23,7 +23,7 @@ from _disk_sandbox import (
 )
 from _nova import NovaRaised, run_nova_resources
 
-from _cli_tree import run_cli
+from _cli_tree import permission_prefix, run_cli
 from conftest import side_venv_python
 from novakeeper.disk.accounting import disk_available_least, nova_over_commit
 
@@ -246,3 +246,21 @@ def test_a_corrupt_disk_stops_nova_but_not_the_report(node: Node) -> None:
     with pytest.raises(NovaRaised):
         run_nova_resources(python, node.instances, [_domain(uuid, node.corrupt)])
     assert by_instance(report(node))[uuid]["unknown_disks"] == 1
+
+
+def test_an_unreadable_disk_is_unknown_not_skipped(node: Node) -> None:
+    prefix = permission_prefix()
+    if prefix is None:
+        pytest.skip("cannot drop root's permission override here")
+    disk = node.instances / UUID.format(0xC, 0xC) / "disk.local"
+    disk.chmod(0)
+    proc = run_cli("--config-file", str(node.config), "disk", "report", "--json",
+                   prefix=prefix)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    row = by_instance(data)[UUID.format(0xC, 0xC)]
+    local = next(d for d in row["disks"] if d["name"] == "disk.local")
+    assert local["over_commit"] is None and "permission denied" in local["note"]
+    assert local["allocated"] == os.stat(disk).st_blocks * 512  # lstat still works
+    assert row["over_commit"] == 0 and row["unknown_disks"] == 1
+    assert any(f["code"] == "unknown-disks" for f in data["findings"])
