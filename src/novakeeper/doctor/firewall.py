@@ -7,7 +7,7 @@ multiport --dports, nft `tcp dport` values, ranges and sets), connection state (
 for ESTABLISHED/RELATED never match a new connection), jumps and returns, and the chain
 policy. A rule limited to some sources or interfaces (-s, -i, ip saddr, iifname) is taken
 to let the console proxy in when it accepts, and not to apply when it drops: operators
-write such rules for the proxy's network. Anything unreadable is Unavailable (a SKIP).
+write such rules for the proxy's network. Rules for the loopback interface never apply. Anything unreadable is Unavailable (a SKIP).
 """
 
 from __future__ import annotations
@@ -140,6 +140,8 @@ def parse_iptables_save(text: str) -> Rules:
                 proto = nxt.lower()
             elif w in ("--dport", "--destination-port", "--dports", "--destination-ports"):
                 ports = _ports(nxt)
+            elif w in ("-i", "--in-interface") and nxt == "lo":
+                new_ok = False  # loopback: never the console proxy on another host
             elif w in ("-s", "--source", "-i", "--in-interface", "--src-range"):
                 conditional = True
             elif w in ("--state", "--ctstate"):
@@ -213,6 +215,9 @@ def parse_nft_json(text: str) -> Rules:
                         right = match.get("right")
                         states = right if isinstance(right, list) else [right]
                         new_ok = "new" in [str(s) for s in states]
+                    elif isinstance(left, dict) and "meta" in left and match.get(
+                            "right") == "lo":
+                        new_ok = False  # iifname "lo"
                     elif isinstance(left, dict) and ("meta" in left or payload.get(
                             "field") == "saddr"):
                         conditional = True
