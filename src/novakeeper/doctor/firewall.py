@@ -7,7 +7,8 @@ multiport --dports, nft `tcp dport` values, ranges and sets), connection state (
 for ESTABLISHED/RELATED never match a new connection), jumps and returns, and the chain
 policy. A rule limited to some sources or interfaces (-s, -i, ip saddr, iifname) is taken
 to let the console proxy in when it accepts, and not to apply when it drops: operators
-write such rules for the proxy's network. Rules for the loopback interface never apply. Anything unreadable is Unavailable (a SKIP).
+write such rules for the proxy's network. Rules for the loopback interface never apply.
+Anything unreadable is Unavailable (a SKIP).
 """
 
 from __future__ import annotations
