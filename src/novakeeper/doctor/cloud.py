@@ -21,7 +21,7 @@ from novakeeper.doctor.facts import Facts, Unavailable
 from novakeeper.doctor.model import Check, Finding
 
 INTERFACES = ("public", "internal", "admin")
-RESTART = "then restart httpd and memcached on the controllers (the catalog is cached)"
+RESTART = "then restart httpd and memcached on the controllers: the catalog is cached"
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,10 @@ CONSOLE_PORTS_CHECKED = 100
 SERVICE = re.compile(r"(nova|glance|neutron|cinder|placement|keystone)-[a-z-]+")
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _some(paths: Sequence[str]) -> str:
     shown = " ".join(shlex.quote(p) for p in paths[:SHOWN])
     return shown + (f" (and {len(paths) - SHOWN} more)" if len(paths) > SHOWN else "")
@@ -234,7 +238,7 @@ def check_stale_locks(facts: Facts) -> Iterator[Finding]:
         return
     paths = [s.path for s in stale]
     yield STALE_LOCKS.warn(
-        f"{len(stale)} lock files in {lock_dir} name bases no longer in the cache, untouched "
+        f"{_n(len(stale), 'lock file')} in {lock_dir} name bases no longer in the cache, untouched "
         f"for over a day: {_some([s.name for s in stale])}",
         f"rm -f -- {_some(paths)}  (nothing holds a lock for a file that is gone)",
         paths=paths)
@@ -265,7 +269,7 @@ def check_partial_files(facts: Facts) -> Iterator[Finding]:
     old.sort()
     size = sum(b for _, b in old)
     yield PARTIAL.warn(
-        f"{len(old)} unfinished downloads older than a day in {settings.cache_path} "
+        f"{_n(len(old), 'unfinished download')} older than a day in {settings.cache_path} "
         f"({human_bytes(size)}): {_some([os.path.basename(p) for p, _ in old])}",
         "novakeeper cache clean  (removes .part/.converted files untouched for [novakeeper] "
         f"stale_partial_seconds), or rm -f -- {_some([p for p, _ in old])}",
