@@ -256,26 +256,23 @@ def check_probe(facts: Facts) -> Iterator[Finding]:
         yield PROBE.ok(f"all {len(endpoints)} endpoint URLs answer")
 
 
-def _check(id: str, title: str, looks_at: str, suggests: str, run: Any) -> Check:
-    return Check(id, title, looks_at, suggests, run)
 
-
-DUPLICATES = _check(
+DUPLICATES = Check(
     "cloud.duplicate-services", "services registered twice", "services of one type "
     "registered more than once in Keystone", "`openstack service delete ID` of the entries "
     "without endpoints (naming the one to keep), then restart httpd and memcached",
     check_duplicates)
-EMPTY = _check(
+EMPTY = Check(
     "cloud.empty-services", "services without endpoints", "services with no endpoint at "
     "all", "`openstack endpoint create`, or `openstack service delete ID`", check_empty)
-ORPHANS = _check(
+ORPHANS = Check(
     "cloud.orphan-endpoints", "endpoints of missing services", "endpoints whose service id "
     "is not a service", "`openstack endpoint delete ID`", check_orphans)
-INTERFACES_CHECK = _check(
+INTERFACES_CHECK = Check(
     "cloud.interfaces", "missing interfaces", "a service with endpoints in a region but not "
     "all of public, internal and admin", "the `openstack endpoint create` to run",
     check_interfaces)
-PROBE = _check(
+PROBE = Check(
     "cloud.probe", "endpoints reachable", "with --probe: an HTTP GET of every endpoint URL "
     "with --timeout (any HTTP answer counts)", "`openstack endpoint set --url`, or the "
     "service to start", check_probe)

@@ -407,36 +407,33 @@ def check_budget(facts: Facts) -> Iterator[Finding]:
     yield BUDGET.ok(outcome.words())
 
 
-def _check(id: str, title: str, looks_at: str, suggests: str, run: Any) -> Check:
-    return Check(id, title, looks_at, suggests, run)
 
-
-FILES = _check(
+FILES = Check(
     "conf.files", "configuration files", "that nova.conf and novakeeper.conf exist, can be "
     "read and parse (oslo.config's parser)", "the file and line to correct", check_files)
-VALUES = _check(
+VALUES = Check(
     "conf.values", "option values", "every option novakeeper reads and nova's options "
     "whose mistakes are in operators' notes ([api]/[DEFAULT] auth_strategy, [image_cache], "
     "[libvirt] images_type and virt_type, instances_path, force_raw_images, use_cow_images, "
     "disk_allocation_ratio, reserved_host_disk_mb, [vnc]/[spice] enabled): type, range, "
     "choices; FAIL naming the releases that read it", "the line with the nearest valid "
     "value (`auth_strategy = keystone` for `keyston`)", check_values)
-DEPRECATED = _check(
+DEPRECATED = Check(
     "conf.deprecated", "deprecated option names", "old names still read, such as [DEFAULT] "
     "image_cache_manager_interval", "the option's current group and name", check_deprecated)
-UNKNOWN = _check(
+UNKNOWN = Check(
     "conf.unknown", "unknown options", "options in [DEFAULT], [api], [image_cache], "
     "[libvirt], [vnc], [spice], [cache], [oslo_concurrency], [novakeeper] that neither "
     "nova 34 nor novakeeper reads (typos)", "the nearest known name", check_unknown)
-CACHE_AGES = _check(
+CACHE_AGES = Check(
     "conf.cache-ages", "image cache ages", "removal ages under 10 minutes; resized copies "
     "kept longer than originals", "nova's default ages", check_cache_ages)
-CACHE_MANAGER = _check(
+CACHE_MANAGER = Check(
     "conf.cache-manager", "who cleans the cache", "nova's manager off ([image_cache] "
     "manager_interval = -1) with no novakeeper service cleaning; nova and novakeeper both "
     "cleaning with different ages", "the option that leaves exactly one cleaner",
     check_cache_manager)
-BUDGET = _check(
+BUDGET = Check(
     "conf.budget", "novakeeper's budget", "whether [novakeeper] max_cache_size / "
     "watermarks / min_free_space can be met at all, or in-use and pinned bases alone exceed "
     "it (scans the cache as `cache plan` does)", "a budget that fits, or fewer pins",

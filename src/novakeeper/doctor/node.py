@@ -374,39 +374,35 @@ def check_locale(facts: Facts) -> Iterator[Finding]:
         yield LOCALE.ok("this shell and the OpenStack services running here use UTF-8")
 
 
-def _check(id: str, title: str, looks_at: str, suggests: str, run: object) -> Check:
-    return Check(id, title, looks_at, suggests, run)  # type: ignore[arg-type]
 
-
-PATHS = _check("node.paths", "instances path", "that [DEFAULT] instances_path is a folder "
-               "(and whether its cache exists yet)", "the option or the `install -d` to run",
-               check_paths)
-SPACE = _check("node.space", "free space and inodes", "statvfs of the file systems under "
-               "the instances path and the cache: free bytes against [novakeeper] "
-               "min_free_space / high_watermark (else 10% WARN, 5% FAIL), free inodes (10% "
-               "WARN, 2% FAIL)", "what to look at to free space", check_space)
-ON_ROOT = _check("node.cache-on-root", "cache on /", "whether the cache (or instances "
-                 "path) is on the root file system", "its own file system, or min_free_space",
-                 check_cache_on_root)
-PERMISSIONS = _check("node.permissions", "owners and modes", "that nova's user (--nova-user, "
-                     "default nova) can write the instances path, _base and locks/, that they "
-                     "are not world-writable, and that novakeeper can write its state folder",
-                     "the chown/chmod to run", check_permissions)
-STALE_LOCKS = _check("node.stale-locks", "stale lock files", "nova-<base> lock files in "
-                     "locks/ whose base is gone, untouched for a day", "the rm to run",
-                     check_stale_locks)
-PARTIAL = _check("node.partial-files", "old .part files", ".part/.converted downloads in the "
-                 "cache untouched for a day", "`novakeeper cache clean` (or the rm)",
-                 check_partial_files)
-CONSOLE = _check("node.console-ports", "console ports", "with [vnc] or [spice] enabled: "
-                 "whether the host firewall (iptables-save, else nft -j list ruleset, when "
-                 "readable) lets tcp 5900-5999 in", "the iptables/nft rule to add",
-                 check_console_ports)
-LOCALE = _check("node.locale", "locale", "LC_ALL/LC_CTYPE/LANG of this shell and of the "
-                "running nova/glance/neutron/cinder/placement services (/proc/PID/environ): "
-                "a C or non-UTF-8 locale breaks on non-ASCII names", "a UTF-8 locale "
-                "(systemd drop-in)", check_locale)
+PATHS = Check("node.paths", "instances path", "that [DEFAULT] instances_path is a folder "
+              "(and whether its cache exists yet)", "the option or the `install -d` to run",
+              check_paths)
+SPACE = Check("node.space", "free space and inodes", "statvfs of the file systems under "
+              "the instances path and the cache: free bytes against [novakeeper] "
+              "min_free_space / high_watermark (else 10% WARN, 5% FAIL), free inodes (10% "
+              "WARN, 2% FAIL)", "what to look at to free space", check_space)
+ON_ROOT = Check("node.cache-on-root", "cache on /", "whether the cache (or instances "
+                "path) is on the root file system", "its own file system, or min_free_space",
+                check_cache_on_root)
+PERMISSIONS = Check("node.permissions", "owners and modes", "that nova's user (--nova-user, "
+                    "default nova) can write the instances path, _base and locks/, that they "
+                    "are not world-writable, and that novakeeper can write its state folder",
+                    "the chown/chmod to run", check_permissions)
+STALE_LOCKS = Check("node.stale-locks", "stale lock files", "nova-<base> lock files in "
+                    "locks/ whose base is gone, untouched for a day", "the rm to run",
+                    check_stale_locks)
+PARTIAL = Check("node.partial-files", "old .part files", ".part/.converted downloads in the "
+                "cache untouched for a day", "`novakeeper cache clean` (or the rm)",
+                check_partial_files)
+CONSOLE = Check("node.console-ports", "console ports", "with [vnc] or [spice] enabled: "
+                "whether the host firewall (iptables-save, else nft -j list ruleset, when "
+                "readable) lets tcp 5900-5999 in", "the iptables/nft rule to add",
+                check_console_ports)
+LOCALE = Check("node.locale", "locale", "LC_ALL/LC_CTYPE/LANG of this shell and of the "
+               "running nova/glance/neutron/cinder/placement services (/proc/PID/environ): "
+               "a C or non-UTF-8 locale breaks on non-ASCII names", "a UTF-8 locale "
+               "(systemd drop-in)", check_locale)
 
 CHECKS: tuple[Check, ...] = (PATHS, SPACE, ON_ROOT, PERMISSIONS, STALE_LOCKS, PARTIAL, CONSOLE,
                              LOCALE)
-
