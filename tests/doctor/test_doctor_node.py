@@ -214,6 +214,23 @@ def test_console_ports_through_the_firewall(tmp_path: Path, rules: str, status: 
                                             "5900:5999 -j ACCEPT")
 
 
+def test_the_display_ports_come_from_qemu_conf(tmp_path: Path) -> None:
+    conf, _ = node(tmp_path)
+    qemu = tmp_path / "qemu.conf"
+    qemu.write_text("# remote_display_port_min = 5900\nremote_display_port_min = 6100\n"
+                    "remote_display_port_max = 6149\n")
+    dump = tmp_path / "rules"
+    dump.write_text(OPENED)  # 5900:6923 accepted
+    found = check("node.console-ports", facts(conf, qemu_conf=str(qemu),
+                                              firewall_commands=[("cat", str(dump))]))
+    assert statuses(found) == [Status.OK] and "tcp 6100-6149" in found[0].finding
+    dump.write_text(OPENED.replace("5900:6923", "5900:6120"))
+    fail = one(check("node.console-ports", facts(conf, qemu_conf=str(qemu), firewall_commands=[
+        ("cat", str(dump))])), Status.FAIL)
+    assert "29 of ports 6100-6149, from 6121" in fail.finding
+    assert "--dports 6100:6149" in fail.fix
+
+
 def test_console_ports_skip_when_rules_cannot_be_read(tmp_path: Path) -> None:
     conf, _ = node(tmp_path)
     skip = one(check("node.console-ports", facts(conf, firewall_commands=[

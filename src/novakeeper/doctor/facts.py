@@ -45,6 +45,8 @@ class Facts:
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     firewall_commands: Sequence[Sequence[str]] = (("iptables-save",), ("nft", "-j", "list",
                                                                         "ruleset"))
+    qemu_conf: str = "/etc/libvirt/qemu.conf"
+    """libvirt's display port range (remote_display_port_min/max)."""
     _memo: dict[str, Any] = field(default_factory=dict)
 
     def files(self) -> list[str]:

@@ -27,7 +27,8 @@ SHOWN = 5
 """Paths named in one finding; the rest are counted."""
 VNC_FIRST_PORT = 5900
 CONSOLE_PORTS_CHECKED = 100
-"""Ports from 5900 checked through the firewall: one per guest console on this host."""
+"""Ports checked through the firewall from libvirt's first display port: one per guest
+console on this host."""
 SERVICE = re.compile(r"(nova|glance|neutron|cinder|placement|keystone)-[a-z-]+")
 
 
@@ -175,7 +176,10 @@ def check_permissions(facts: Facts) -> Iterator[Finding]:
         return
     gids = set(os.getgrouplist(user.pw_name, user.pw_gid))
     name = user.pw_name
-    group = grp.getgrgid(user.pw_gid).gr_name
+    try:
+        group = grp.getgrgid(user.pw_gid).gr_name
+    except KeyError:
+        group = str(user.pw_gid)
     found = False
     lock_dir = os.path.join(settings.instances_path, "locks")
     for label, path in (("instances_path", settings.instances_path),
@@ -284,16 +288,17 @@ def check_console_ports(facts: Facts) -> Iterator[Finding]:
         yield CONSOLE.ok("no VNC or SPICE console enabled in nova.conf")
         return
     rules = firewall.read(facts.firewall_commands)
-    ports = range(VNC_FIRST_PORT, VNC_FIRST_PORT + CONSOLE_PORTS_CHECKED)
+    low, high = display_ports(facts.qemu_conf)
+    ports = range(low, min(high, low + CONSOLE_PORTS_CHECKED - 1) + 1)
     verdicts = {p: rules.verdict(p) for p in ports}
     blocked = [p for p, v in verdicts.items() if not v.open]
     what = " and ".join(consoles)
     if blocked:
-        first = verdicts[blocked[0]]
+        stop = verdicts[blocked[0]]
         span = (f"{blocked[0]}" if len(blocked) == 1 else
                 f"{len(blocked)} of ports {ports.start}-{ports.stop - 1}, from {blocked[0]}")
         yield CONSOLE.fail(
-            f"{what} consoles: {rules.source} blocks tcp {span} ({first.why}); the console "
+            f"{what} consoles: {rules.source} blocks tcp {span} ({stop.why}); the console "
             "proxy cannot reach the guests (noVNC: 'Failed to connect to server')",
             f"{rules.accept_command(ports.start, ports.stop - 1)}  (better: only from the "
             "console proxy hosts, with -s)", blocked=blocked, source=rules.source)
@@ -301,6 +306,23 @@ def check_console_ports(facts: Facts) -> Iterator[Finding]:
     yield CONSOLE.ok(f"{what} consoles: {rules.source} lets tcp {ports.start}-"
                      f"{ports.stop - 1} in ({verdicts[ports.start].why})",
                      source=rules.source)
+
+
+_QEMU_PORT = re.compile(r"^\s*remote_display_port_(min|max)\s*=\s*(\d+)\s*$", re.M)
+
+
+def display_ports(qemu_conf: str) -> tuple[int, int]:
+    """libvirt's VNC/SPICE port range (remote_display_port_min/max in qemu.conf;
+    5900-65535 when unset or unreadable)."""
+    found = {"min": VNC_FIRST_PORT, "max": 65535}
+    try:
+        with open(qemu_conf, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return found["min"], found["max"]
+    for key, value in _QEMU_PORT.findall(text):
+        found[key] = int(value)
+    return found["min"], max(found["min"], found["max"])
 
 
 def _locale_problem(env: dict[str, str]) -> str | None:
@@ -397,7 +419,8 @@ PARTIAL = Check("node.partial-files", "old .part files", ".part/.converted downl
                 check_partial_files)
 CONSOLE = Check("node.console-ports", "console ports", "with [vnc] or [spice] enabled: "
                 "whether the host firewall (iptables-save, else nft -j list ruleset, when "
-                "readable) lets tcp 5900-5999 in", "the iptables/nft rule to add",
+                "readable) lets in the first 100 of libvirt's display ports (qemu.conf "
+                "remote_display_port_min, 5900)", "the iptables/nft rule to add",
                 check_console_ports)
 LOCALE = Check("node.locale", "locale", "LC_ALL/LC_CTYPE/LANG of this shell and of the "
                "running nova/glance/neutron/cinder/placement services (/proc/PID/environ): "
