@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,11 @@ def test_every_check_has_a_stable_id_a_title_and_words_for_readme() -> None:
     for c in runner.CHECKS:
         assert re.fullmatch(r"(conf|node|cloud)\.[a-z-]+", c.id), c.id
         assert c.title and c.looks_at and c.suggests
+
+
+def test_the_option_names_are_package_data() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "doctor/*.json" in pyproject["tool"]["setuptools"]["package-data"]["novakeeper"]
 
 
 def test_readme_documents_every_check() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import click
 
-from novakeeper.doctor.model import EXIT_CODES, Check, Finding, Status, exit_code, worst
+from novakeeper.doctor.model import Check, Finding, Status, exit_code, worst
 from novakeeper.errors import ExitCode
 from novakeeper.output import json_out
 
@@ -92,5 +92,3 @@ def doctor(ctx: click.Context, as_json: bool, list_only: bool, only: tuple[str, 
     if code != ExitCode.OK:
         sys.exit(code)  # click's Exit would be swallowed outside standalone mode
 
-
-__all__ = ["EXIT_CODES", "doctor"]
