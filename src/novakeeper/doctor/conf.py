@@ -194,10 +194,10 @@ def check_values(facts: Facts) -> Iterator[Finding]:
             where = written.where() if written else f"[{option.group}] {option.opt.dest}"
             section = written.section if written else option.group
             name = written.option if written else option.opt.dest
-            fix = f"{section}] {name} = {instead}" if instead else f"{section}] {name} = ..."
+            line = f"[{section}] {name} = {instead or '...'}"
             yield VALUES.fail(
                 f"{where} = {text}: {what}; {_release_words(option)}",
-                f"in {written.path if written else 'nova.conf'}: [{fix}",
+                f"in {written.path if written else 'nova.conf'}: {line}",
                 group=option.group, option=option.opt.dest, value=text,
                 suggested=instead or None)
             continue
