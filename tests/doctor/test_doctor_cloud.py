@@ -266,3 +266,18 @@ def test_endpoints_of_missing_services_fail() -> None:
     assert fail.finding == ("endpoint e2 (public, RegionOne, http://n:9696) names service "
                             "gone, which does not exist")
     assert fail.fix == "openstack endpoint delete e2"
+
+
+def test_disabled_services_and_endpoints_are_not_in_the_catalog_clients_get() -> None:
+    from novakeeper.doctor.facts import Facts
+
+    f = Facts(config_files=[])
+    f._memo["catalog"] = Catalog(
+        [Service("n1", "network", "neutron"), Service("n2", "network", "neutron", False),
+         Service("c1", "compute", "nova")],
+        [*(Endpoint(f"e{i}", "n1", i, "RegionOne", "http://n:9696") for i in (
+            "public", "internal", "admin")),
+         Endpoint("x1", "c1", "public", "RegionOne", "http://c:8774", enabled=False)])
+    assert [x.status for x in check("cloud.duplicate-services", f)] == [Status.OK]
+    warn = one(check("cloud.empty-services", f), Status.WARN)  # its only endpoint is off
+    assert warn.data == {"service": "c1", "type": "compute"}

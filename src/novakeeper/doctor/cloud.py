@@ -52,10 +52,18 @@ class Catalog:
     def __post_init__(self) -> None:
         grouped: dict[str, list[Endpoint]] = defaultdict(list)
         for e in self.endpoints:
-            grouped[e.service_id].append(e)
+            if e.enabled:
+                grouped[e.service_id].append(e)
         self.by_service = dict(grouped)
 
+    @property
+    def active(self) -> list[Service]:
+        """The enabled services: Keystone leaves disabled ones (and disabled endpoints)
+        out of the catalog clients get, so they cannot confuse them."""
+        return [s for s in self.services if s.enabled]
+
     def endpoints_of(self, service: Service) -> list[Endpoint]:
+        """Its enabled endpoints."""
         return self.by_service.get(service.id, [])
 
 
@@ -127,7 +135,7 @@ def _svc(s: Service, catalog: Catalog) -> str:
 def check_duplicates(facts: Facts) -> Iterator[Finding]:
     catalog = facts.catalog()
     by_type: dict[str, list[Service]] = defaultdict(list)
-    for s in catalog.services:
+    for s in catalog.active:
         by_type[s.type].append(s)
     found = False
     for kind, services in sorted(by_type.items()):
@@ -166,10 +174,10 @@ def check_duplicates(facts: Facts) -> Iterator[Finding]:
 def check_empty(facts: Facts) -> Iterator[Finding]:
     catalog = facts.catalog()
     counts: dict[str, int] = defaultdict(int)
-    for s in catalog.services:
+    for s in catalog.active:
         counts[s.type] += 1
     found = False
-    for s in catalog.services:
+    for s in catalog.active:
         if catalog.endpoints_of(s) or counts[s.type] > 1:  # duplicates: see above
             continue
         found = True
@@ -180,7 +188,8 @@ def check_empty(facts: Facts) -> Iterator[Finding]:
             f"admin), or openstack service delete {s.id} if {s.type} is not deployed",
             service=s.id, type=s.type)
     if not found:
-        yield EMPTY.ok(f"every service has endpoints ({len(catalog.services)} services)")
+        yield EMPTY.ok(f"every enabled service has endpoints ({len(catalog.active)} "
+                       "services)")
 
 
 def check_orphans(facts: Facts) -> Iterator[Finding]:
@@ -200,7 +209,7 @@ def check_orphans(facts: Facts) -> Iterator[Finding]:
 def check_interfaces(facts: Facts) -> Iterator[Finding]:
     catalog = facts.catalog()
     found = False
-    for s in catalog.services:
+    for s in catalog.active:
         regions: dict[str, set[str]] = defaultdict(set)
         for e in catalog.endpoints_of(s):
             regions[e.region].add(e.interface)
