@@ -290,3 +290,22 @@ def test_a_service_running_with_the_c_locale_warns(tmp_path: Path,
     assert warn.status is Status.WARN
     assert warn.finding.startswith(f"nova-compute (pid {service_with_c_locale}): LC_ALL=C")
     assert "Environment=LANG=C.UTF-8" in warn.fix
+
+
+def test_a_state_folder_novakeeper_cannot_write_fails(tmp_path: Path) -> None:
+    from _cli_tree import permission_prefix, run_cli
+
+    prefix = permission_prefix()
+    if prefix is None:
+        pytest.skip("cannot drop root's permission override here")
+    conf, _ = node(tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    env = {**os.environ, "OS_NOVAKEEPER__STATE_PATH": str(locked / "nk" / "state.db")}
+    proc = run_cli("doctor", "--config-file", str(conf), "--only", "node.permissions",
+                   "--nova-user", "no-such-user-xyz", "--json", env=env, prefix=prefix)
+    found = json.loads(proc.stdout)["findings"]
+    assert [f["status"] for f in found] == ["FAIL", "SKIP"], found
+    assert found[0]["finding"].startswith(f"novakeeper's state folder {locked / 'nk'}: ")
+    assert f"cannot write in {locked}" in found[0]["finding"]
+    assert proc.returncode == 21

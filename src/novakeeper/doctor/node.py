@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from novakeeper.doctor import firewall
 from novakeeper.doctor.facts import Facts, Unavailable
 from novakeeper.doctor.model import Check, Finding
+from novakeeper.settings import Settings
 from novakeeper.units import human_bytes
 
 DAY = 24 * 3600.0
@@ -166,8 +167,30 @@ def _owner(st: os.stat_result) -> str:
     return f"{user}:{group}"
 
 
+def _state_folder(settings: Settings) -> Finding | None:
+    """A FAIL when novakeeper (this user) cannot write its state folder, or make it."""
+    state_dir = os.path.dirname(settings.state_path)
+    existing = state_dir
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if os.access(existing, os.W_OK | os.X_OK):
+        return None
+    try:
+        me = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        me = str(os.getuid())
+    return PERMISSIONS.fail(
+        f"novakeeper's state folder {state_dir}: this user ({me}) cannot write in "
+        f"{existing}; clean cannot keep its journal",
+        f"install -d -m 0750 {shlex.quote(state_dir)}  (as the user novakeeper runs as)",
+        path=state_dir)
+
+
 def check_permissions(facts: Facts) -> Iterator[Finding]:
     settings = facts.settings()
+    state = _state_folder(settings)
+    if state is not None:
+        yield state
     try:
         user = pwd.getpwnam(facts.nova_user)
     except KeyError:
@@ -180,7 +203,7 @@ def check_permissions(facts: Facts) -> Iterator[Finding]:
         group = grp.getgrgid(user.pw_gid).gr_name
     except KeyError:
         group = str(user.pw_gid)
-    found = False
+    found = state is not None
     lock_dir = os.path.join(settings.instances_path, "locks")
     for label, path in (("instances_path", settings.instances_path),
                         ("the cache", settings.cache_path), ("nova's lock folder", lock_dir)):
@@ -206,20 +229,10 @@ def check_permissions(facts: Facts) -> Iterator[Finding]:
                 f"{where}: anyone on the host can write in it (and replace a base every "
                 "guest boots from)", f"chmod o-w {shlex.quote(path)}",
                 path=path, mode=f"{mode:04o}", owner=_owner(st))
-    state_dir = os.path.dirname(settings.state_path)
-    existing = state_dir
-    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
-        existing = os.path.dirname(existing)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        found = True
-        yield PERMISSIONS.fail(
-            f"novakeeper's state folder {state_dir}: this user ({pwd.getpwuid(os.getuid())[0]}"
-            f") cannot write in {existing}; clean cannot keep its journal",
-            f"install -d -m 0750 {shlex.quote(state_dir)}  (as the user novakeeper runs as)",
-            path=state_dir)
     if not found:
         yield PERMISSIONS.ok(f"{name} can write in {settings.instances_path}, its cache and "
-                             f"locks; novakeeper can write {state_dir}")
+                             f"locks; novakeeper can write "
+                             f"{os.path.dirname(settings.state_path)}")
 
 
 def check_stale_locks(facts: Facts) -> Iterator[Finding]:
