@@ -40,7 +40,8 @@ def test_space_against_min_free_space_and_high_watermark(tmp_path: Path) -> None
     fail = one(check("node.space", facts(conf)), Status.FAIL)
     assert "under [novakeeper] min_free_space (1000.0 TiB)" in fail.finding
     st = os.statvfs(ipath)
-    assert fail.data["avail"] == st.f_bavail * st.f_frsize
+    # the disk is shared with other jobs: what is free moves a little between two looks
+    assert abs(fail.data["avail"] - st.f_bavail * st.f_frsize) < 1 << 30
     conf, _ = node(tmp_path, "[novakeeper]\nmin_free_space = 1%\n")
     assert statuses(check("node.space", facts(conf))) == [Status.OK]
     used = 100 - 100 * st.f_bavail / (st.f_bavail + st.f_blocks - st.f_bfree)
