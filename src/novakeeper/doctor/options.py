@@ -45,7 +45,7 @@ AUTH_STRATEGY = NovaOption(
     renamed_in="nova 15.0.0 (Ocata)",
 )
 
-_NOVA_ONLY: tuple[NovaOption, ...] = (
+_NOVA_ONLY: tuple[NovaOption, ...] = (  # nova's, whether novakeeper reads them or not
     AUTH_STRATEGY,
     NovaOption("DEFAULT", cfg.BoolOpt("force_raw_images", default=True), NOVA_34),
     NovaOption("DEFAULT", cfg.BoolOpt("use_cow_images", default=True), NOVA_34),
@@ -74,15 +74,18 @@ def _read_by(group: str) -> str:
 
 @cache
 def catalogue() -> tuple[NovaOption, ...]:
-    """Every option doctor validates, once per (group, name)."""
-    out: list[NovaOption] = []
+    """Every option doctor validates, once per (group, name): novakeeper's own options,
+    with doctor's definition of a nova option wherever novakeeper reads it too (same
+    name, nova's type and range, and the releases that read it)."""
+    out: dict[tuple[str, str], NovaOption] = {}
     for group, opts in settings.OPT_GROUPS:
         for opt in opts:
-            out.append(NovaOption(
+            out[(group, opt.dest)] = NovaOption(
                 group, _STRICTER.get((group, opt.dest), opt), _read_by(group),
-                renamed_in=IMAGE_CACHE_RENAMED if group == "image_cache" else None))
-    out.extend(_NOVA_ONLY)
-    return tuple(out)
+                renamed_in=IMAGE_CACHE_RENAMED if group == "image_cache" else None)
+    for option in _NOVA_ONLY:
+        out[(option.group, option.opt.dest)] = option
+    return tuple(out.values())
 
 
 @cache
