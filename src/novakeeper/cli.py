@@ -519,6 +519,11 @@ global_options(diagnose)
 cli.add_command(trace)
 cli.add_command(diagnose)
 
+from novakeeper.doctor.commands import doctor  # noqa: E402
+
+global_options(doctor)
+cli.add_command(doctor)
+
 
 def _fail(code: int, message: str) -> NoReturn:
     click.echo(f"novakeeper: error: {message}", err=True)
