@@ -19,6 +19,7 @@ Nova's arithmetic, from nova 34.0.0 `nova/virt/libvirt/driver.py`:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -28,10 +29,12 @@ from novakeeper.cache.inventory import FolderScan, Inventory
 from novakeeper.cache.plan import Plan, Verdict
 from novakeeper.disk.survey import (
     INSTANCE_KINDS,
+    DiskFacts,
     FileSystem,
     Survey,
     counted_disk,
 )
+from novakeeper.usage.libvirt import Domain
 
 GIB = 1024**3
 QCOW2 = "qcow2"
@@ -71,6 +74,11 @@ class DiskRow:
     """Another instance's disk stands on the same base."""
     chain: tuple[str, ...] = ()
     note: str = ""
+    declared: str = ""
+    """The format its libvirt domain declares, when the libvirt source is on: nova's
+    formula follows it, not the file's header."""
+    counted: bool = True
+    """False for a disk in an instance folder that its domain does not attach."""
 
     @property
     def growth(self) -> int:
@@ -89,6 +97,10 @@ class DiskRow:
             out["chain"] = list(self.chain)
         if self.note:
             out["note"] = self.note
+        if self.declared and self.declared != self.format:
+            out["declared_format"] = self.declared
+        if not self.counted:
+            out["counted_by_nova"] = False
         return out
 
 
@@ -112,14 +124,22 @@ class InstanceRow:
     """DISK_GB its flavor most likely allocates in placement: root, ephemeral and swap
     disks rounded up to whole GiB each (nova's `resources_from_flavor` rounds swap MiB up
     to GiB); a boot-from-volume instance has no root here."""
+    domain: str | None = None
+    """Its libvirt domain's name, when the libvirt source is on and one is defined."""
+    counted: bool = True
+    """Whether nova counts it: False for a folder without a domain on this host (libvirt
+    source on). Without the libvirt source every instance folder is taken to have one."""
 
     @classmethod
     def of(cls, instance: str, folder: str, disks: tuple[DiskRow, ...],
-           missing: tuple[str, ...] = ()) -> InstanceRow:
+           missing: tuple[str, ...] = (), domain: str | None = None,
+           counted: bool = True) -> InstanceRow:
         unknown = over = allocated = virtual = grown = flavor = 0
         for d in disks:
             allocated += d.allocated
             virtual += d.virtual_size
+            if not d.counted:
+                continue
             if d.over_commit is None:
                 unknown += 1
                 continue
@@ -128,12 +148,16 @@ class InstanceRow:
             name = d.name
             if name in ("disk", "disk.local", "disk.swap") or name.startswith("disk.eph"):
                 flavor += -(-d.virtual_size // GIB)
+        if not counted:
+            over = grown = flavor = 0
         return cls(instance, folder, disks, missing, unknown,
-                   0 if missing or unknown else over, allocated, virtual, grown, float(flavor))
+                   0 if missing or unknown else over, allocated, virtual, grown,
+                   float(flavor), domain, counted)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"instance": self.instance,
-                "over_commit": self.over_commit, "allocated": self.allocated,
+        return {"instance": self.instance, "domain": self.domain,
+                "counted_by_nova": self.counted, "over_commit": self.over_commit,
+                "allocated": self.allocated,
                 "virtual_size": self.virtual_size, "growth": self.growth,
                 "unknown_disks": self.unknown, "missing_disks": list(self.missing),
                 "disks": [d.to_dict() for d in self.disks]}
@@ -229,6 +253,9 @@ class DiskReport:
     findings: tuple[Finding, ...] = ()
     unknown_bytes: int = 0
     """Allocated bytes of disks that could not be read."""
+    domains: int | None = None
+    """libvirt domains defined here (None: the libvirt source is off or failed, and
+    every instance folder is taken to have one)."""
 
     @property
     def cache_shares(self) -> bool:
@@ -313,6 +340,11 @@ class DiskReport:
             "worst_case": {"growth": self.growth, "free": self.worst_case_free,
                            "shortfall": self.worst_case_shortfall},
             "scheduler": self.scheduler.to_dict(),
+            "domains": None if self.domains is None else {
+                "defined": self.domains,
+                "folders_without_domain": sum(
+                    1 for r in self.instances if not r.counted),
+                "without_folder": sum(1 for r in self.instances if not r.folder)},
             "findings": [f.to_dict() for f in self.findings],
             "instances": [r.to_dict() for r in self.sorted_rows(sort, top)],
         }
@@ -354,6 +386,60 @@ def instance_rows(inventory: Inventory, folders: Mapping[str, FolderScan],
         rows.append(InstanceRow.of(scan.instance, path, tuple(disk_rows),
                                    survey.missing.get(path, ())))
     return rows
+
+
+def _nova_format(declared: str) -> str:
+    """nova's branch for a file disk: qcow2 only when the domain says so."""
+    return QCOW2 if declared == QCOW2 else "raw"
+
+
+def apply_domains(rows: Sequence[InstanceRow], domains: Sequence[Domain],
+                  outside: Mapping[str, DiskFacts | str | None]) -> list[InstanceRow]:
+    """The rows as nova counts them when libvirt's domains are known: an instance's disks
+    are its domain's file and block disks (with the format the domain declares), found in
+    its folder or, for a disk elsewhere, in `outside` (facts, a reason it could not be
+    read, or None: missing); a folder without a domain is not counted; a domain without
+    a folder gets a row of its own."""
+    by_uuid = {r.instance.lower(): r for r in rows}
+    out: list[InstanceRow] = []
+    for dom in domains:
+        row = by_uuid.pop(dom.uuid.lower(), None)
+        mine = {d.path: d for d in row.disks} if row is not None else {}
+        missing = list(row.missing) if row is not None else []
+        disks: list[DiskRow] = []
+        for dd in dom.disks:
+            if dd.kind not in ("file", "block") or not dd.path:
+                continue  # network disks, volumes by pool, an empty cdrom: nova skips them
+            name = os.path.basename(dd.path)
+            if dd.kind == "block":
+                disks.append(DiskRow(name, dd.path, DEVICE, 0, 0, 0, 0, declared=dd.format))
+                continue
+            d = mine.pop(dd.path, None)
+            if d is None:
+                facts = outside.get(dd.path)
+                if facts is None:
+                    missing.append(name)
+                    continue
+                if isinstance(facts, str):
+                    disks.append(DiskRow(name, dd.path, "unknown", 0, 0, 0, None, note=facts))
+                    continue
+                d = DiskRow(name, dd.path, facts.format, facts.virtual_size, facts.size,
+                            facts.allocated, 0)
+            oc = None if d.over_commit is None else nova_over_commit(
+                _nova_format(dd.format), d.virtual_size, d.size, d.allocated)
+            disks.append(replace(d, over_commit=oc, declared=dd.format))
+        for d in mine.values():  # in the folder, not attached: nova does not count it
+            disks.append(replace(d, counted=False,
+                                 note=d.note or f"not attached to domain {dom.name}"))
+        disks.sort(key=lambda d: d.name)
+        out.append(InstanceRow.of(
+            row.instance if row is not None else dom.uuid,
+            row.folder if row is not None else "", tuple(disks), tuple(sorted(missing)),
+            dom.name))
+    for row in by_uuid.values():
+        out.append(InstanceRow.of(row.instance, row.folder, row.disks, row.missing,
+                                  None, counted=False))
+    return out
 
 
 def cache_bytes(plan: Plan) -> CacheBytes:
@@ -404,6 +490,8 @@ def account(inventory: Inventory, folders: Mapping[str, FolderScan], plan: Plan,
     from novakeeper.disk.findings import findings
 
     rows = instance_rows(inventory, folders, survey)
+    if survey.domains is not None:
+        rows = apply_domains(rows, survey.domains, survey.outside)
     over = sum(r.over_commit for r in rows)
     least = int(disk_available_least(survey.fs.free, over))
     grown = sum(r.growth for r in rows)
@@ -412,5 +500,6 @@ def account(inventory: Inventory, folders: Mapping[str, FolderScan], plan: Plan,
         inventory.instances_path, inventory.cache_path, now or inventory.scanned_at,
         survey.fs, survey.cache_fs, cache_bytes(plan), tuple(rows),
         dict(survey.other), sched,
-        unknown_bytes=sum(d.allocated for r in rows for d in r.disks if d.over_commit is None))
+        unknown_bytes=sum(d.allocated for r in rows for d in r.disks if d.over_commit is None),
+        domains=None if survey.domains is None else len(survey.domains))
     return replace(report, findings=tuple(findings(report)))

@@ -155,9 +155,26 @@ def scheduler_disagrees(r: DiskReport) -> Finding | None:
         placement=s.fits_placement, disk_worst_case=s.fits_disk_worst)
 
 
+def folders_without_domain(r: DiskReport) -> Finding | None:
+    rows = [row for row in r.instances if not row.counted]
+    if r.domains is None or not rows:
+        return None
+    size = sum(row.allocated for row in rows)
+    names = ", ".join(row.instance for row in rows[:3])
+    more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+    return _finding(
+        "folders-without-domain", "warning",
+        f"{len(rows)} instance folder(s) have no libvirt domain here ({names}{more}; "
+        f"{human_bytes(size)}): nova does not count their over-commit",
+        "on shared storage they may be other hosts' instances; otherwise check with "
+        "`openstack server show` and remove the leftovers of instances that are gone",
+        folders=len(rows), allocated=size)
+
+
 RULES: tuple[Callable[[DiskReport], Finding | None], ...] = (
     worst_case_past_the_disk, negative_available_least, low_free_space, unknown_disks,
-    missing_disks, cache_reclaimable, deleted_folders, resize_leftovers, scheduler_disagrees,
+    missing_disks, folders_without_domain, cache_reclaimable, deleted_folders,
+    resize_leftovers, scheduler_disagrees,
 )
 
 

@@ -25,6 +25,8 @@ def signed_bytes(n: int) -> str:
 
 
 def _oc(row: InstanceRow) -> str:
+    if not row.counted:
+        return "- (no domain)"
     if row.unknown:
         return "?"
     if row.missing:

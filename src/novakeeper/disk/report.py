@@ -17,7 +17,7 @@ def from_pass(result: Pass, settings: Settings, flavor_gb: int | None = None,
     builds a few acyclic objects per disk that live as long as the report: the cycle
     collector waits."""
     with cyclic_gc_paused():
-        facts = survey(result.inventory, result.scanner.folders)
+        facts = survey(result.inventory, result.scanner.folders, result.domains)
         return account(
             result.inventory, result.scanner.folders, result.plan, facts,
             ratio=settings.disk_allocation_ratio if ratio is None else ratio,

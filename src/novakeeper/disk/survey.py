@@ -20,6 +20,8 @@ from novakeeper.cache.inventory import (
     announced_missing,
 )
 from novakeeper.errors import ExitCode, NovakeeperError
+from novakeeper.images.probe import ProbeError, ProbeErrorKind, probe
+from novakeeper.usage.libvirt import Domain
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,28 @@ class Other:
 
 
 
+@dataclass(frozen=True, slots=True)
+class DiskFacts:
+    """A disk read outside the scan (a domain's disk elsewhere)."""
+
+    format: str
+    virtual_size: int
+    size: int
+    allocated: int
+
+
+def disk_facts(path: str) -> DiskFacts | str | None:
+    """What nova's accounting needs of one disk; a reason when it cannot be read, None
+    when it does not exist."""
+    try:
+        info = probe(path)
+    except ProbeError as exc:
+        return None if exc.kind is ProbeErrorKind.MISSING else exc.detail
+    except ValueError:
+        return "unusable path"
+    return DiskFacts(str(info.format), info.virtual_size, info.size, info.allocated)
+
+
 Counted = tuple[list[str], dict[str, Problem]]
 """(names of the disks nova would attach, those of them unreadable: name -> problem)."""
 
@@ -88,6 +112,11 @@ class Survey:
     """Path of a disk that could not be read -> its allocated bytes (0 if even lstat failed)."""
     counted: Mapping[str, Counted] = field(default_factory=dict)
     """Instance folder -> its disks nova would attach (`counted_in`)."""
+    domains: tuple[Domain, ...] | None = None
+    """libvirt's domains (the libvirt usage source), None when not known."""
+    outside: Mapping[str, DiskFacts | str | None] = field(default_factory=dict)
+    """A domain's file disk that no instance folder holds -> its facts, why it could not
+    be read, or None when it does not exist."""
 
     @property
     def cache_shares(self) -> bool:
@@ -210,9 +239,11 @@ def _top_level(instances_path: str) -> int:
     return total
 
 
-def survey(inventory: Inventory, folders: Mapping[str, FolderScan]) -> Survey:
+def survey(inventory: Inventory, folders: Mapping[str, FolderScan],
+           domains: tuple[Domain, ...] | None = None) -> Survey:
     """The facts the disk report adds to a cache pass; raises NovakeeperError when the
-    instances path cannot be read."""
+    instances path cannot be read. With libvirt's domains, their file disks that no
+    folder's scan read are read here."""
     fs = FileSystem.of(inventory.instances_path)
     cache_fs = FileSystem.of(inventory.cache_real_path)
     other = dict.fromkeys(Other.ALL, 0)
@@ -231,4 +262,13 @@ def survey(inventory: Inventory, folders: Mapping[str, FolderScan]) -> Survey:
         if gone:
             missing[path] = gone
     other[Other.OTHER] += _top_level(inventory.instances_path)
-    return Survey(fs, cache_fs, other, missing, unreadable, counted)
+    outside: dict[str, DiskFacts | str | None] = {}
+    if domains is not None:
+        scanned = {d.path for scan in folders.values() for d in scan.disks}
+        scanned.update(unreadable)
+        for dom in domains:
+            for disk in dom.disks:
+                if (disk.kind == "file" and disk.path and disk.path not in scanned
+                        and disk.path not in outside):
+                    outside[disk.path] = disk_facts(disk.path)
+    return Survey(fs, cache_fs, other, missing, unreadable, counted, domains, outside)
