@@ -45,6 +45,12 @@ DEFAULT_OPTS: list[cfg.Opt] = [
                help="This compute host's name, as nova knows it."),
     cfg.StrOpt("my_ip", default=_default_ip(), sample_default="<host ip>",
                help="Read so that nova's `_base_$my_ip` cache names interpolate."),
+    cfg.IntOpt("reserved_host_disk_mb", default=0, min=0,
+               help="nova's disk reserved for the host (`disk report`'s scheduler view)."),
+    cfg.FloatOpt("disk_allocation_ratio", default=None, min=0.0,
+                 help="nova's DISK_GB allocation ratio; unset: initial_disk_allocation_ratio."),
+    cfg.FloatOpt("initial_disk_allocation_ratio", default=1.0, min=0.0,
+                 help="nova's allocation ratio when disk_allocation_ratio is unset."),
 ]
 
 IMAGE_CACHE_OPTS: list[cfg.Opt] = [
@@ -156,6 +162,10 @@ class Settings:
     verify_rate_limit: float = 0.0
     """MiB/s; 0: unlimited."""
     verify_files_per_pass: int = 2
+    reserved_host_disk_mb: int = 0
+    disk_allocation_ratio: float = 1.0
+    """[DEFAULT] disk_allocation_ratio, or initial_disk_allocation_ratio when unset (as
+    nova's resource tracker reports DISK_GB to placement)."""
 
     @property
     def cache_path(self) -> str:
@@ -315,7 +325,14 @@ def load(
         verify_algorithm=nk["verify_algorithm"],
         verify_rate_limit=float(nk["verify_rate_limit"]),
         verify_files_per_pass=nk["verify_files_per_pass"],
+        reserved_host_disk_mb=values["DEFAULT"]["reserved_host_disk_mb"],
+        disk_allocation_ratio=_disk_allocation_ratio(values["DEFAULT"]),
     )
+
+
+def _disk_allocation_ratio(default: dict[str, Any]) -> float:
+    ratio = default["disk_allocation_ratio"]
+    return float(ratio if ratio is not None else default["initial_disk_allocation_ratio"])
 
 
 def _libvirt_uri(lv: dict[str, Any]) -> str:
