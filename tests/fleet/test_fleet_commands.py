@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from fleet import _lab
 from fleet.conftest import HOSTS, REACHABLE, Lab
@@ -55,11 +58,21 @@ def test_report_matches_cache_status_on_every_node(lab: Lab, installed: object) 
         assert got["problem_lines"] == data["problems"][:20]
         assert got["cache_path"] == lab.nodes[name].sandbox.cache_path
         assert got["version"] == lab.nodes[name].run("--version").stdout.split()[-1]
-        assert got["disk_report"] is None  # this novakeeper has no `disk report` yet
+        # the node's novakeeper has `disk report`: its figures are merged too
+        disk = json.loads(lab.nodes[name].run("disk", "report", "--json").stdout)
+        for key in ("bytes", "over_commit", "scheduler", "cache_path"):
+            if key == "bytes":  # "outside_instances_path" moves with the shared /tmp
+                assert got["disk_report"][key]["cache"] == disk[key]["cache"], name
+            else:
+                assert got["disk_report"][key] == disk[key], (name, key)
+        assert "instances" not in got["disk_report"]  # rows stay on the node
+        assert got["disk"]["over_commit"] == disk["over_commit"]["total"]
+        assert got["disk"]["findings"] == [f["code"] for f in disk["findings"]]
     totals = report["totals"]
     for key in FIGURES:
         assert totals[key] == sum(d[key] for d in direct.values()), key
     assert (totals["nodes"], totals["reporting"], totals["unreachable"]) == (4, 3, 1)
+    assert totals["with_disk_report"] == 3
     # worst off first: every demo node is over its budget, the most over first
     needs = [n["headroom"] for n in report["nodes"]]
     assert needs == sorted(needs) and needs[0] < 0
@@ -207,3 +220,46 @@ def test_clean_removes_exactly_each_nodes_plan(lab: Lab, installed: object) -> N
     totals = report["totals"]["clean"]
     assert totals["removed"] == sum(len(r) for r in removals.values())
     assert (totals["nodes_cleaned"], totals["nodes_failed"], totals["nodes_not_run"]) == (3, 1, 0)
+
+
+def test_html_report_in_headless_chromium(lab: Lab, installed: object, tmp_path: Path) -> None:
+    """The page as a browser shows it: nothing loaded from elsewhere, the nodes in the
+    JSON's order with its figures. A screenshot is kept ($NOVAKEEPER_TEST_ARTIFACTS)."""
+    driver_path, chromium = shutil.which("chromedriver"), shutil.which("chromium")
+    if driver_path is None or chromium is None:
+        message = "headless Chromium needs Debian's chromium and chromium-driver"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "fleet.html"
+    _, report, _ = report_json("report", "-i", str(lab.inventory), "--html", str(page))
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,900"):
+        options.add_argument(arg)
+    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        browser.get(page.as_uri())
+        artifacts = Path(os.environ.get("NOVAKEEPER_TEST_ARTIFACTS", "test-artifacts"))
+        artifacts.mkdir(parents=True, exist_ok=True)
+        assert browser.save_screenshot(str(artifacts / "fleet-report.png"))
+        assert browser.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)") == []
+        rows = browser.find_elements(By.CSS_SELECTOR, "#nodes tbody tr")
+        assert [r.get_attribute("data-host") for r in rows] == [
+            n["host"] for n in report["nodes"]]
+        for row, node in zip(rows, report["nodes"], strict=True):
+            cells = [c.text for c in row.find_elements(By.TAG_NAME, "td")]
+            assert cells[0] == node["host"] and cells[2] == str(node["files"])
+            assert int(row.get_attribute("data-reclaimable") or -1) == node["reclaimable"]
+        down = browser.find_elements(By.CSS_SELECTOR, "#down tbody tr")
+        assert [r.get_attribute("data-host") for r in down] == [_lab.DOWN_HOST]
+        assert browser.find_element(By.ID, "totals").text.startswith(
+            "fleet: 4 nodes, 3 reporting, 1 unreachable")
+    finally:
+        browser.quit()

@@ -40,12 +40,28 @@ def playbook(*hosts: HostRun) -> PlaybookRun:
     return PlaybookRun("fleet-report.yml", "successful", 0, 1.5, {h.host: h for h in hosts})
 
 
+DISK = {"file_system": {"free": 5 << 30}, "over_commit": {"total": 9 << 30},
+        "worst_case": {"free": -(1 << 30)}, "nova": {"disk_available_least_reported": -1},
+        "findings": [{"code": "worst-case-shortfall", "severity": "critical",
+                      "message": "short <b>", "action": "move"}],
+        "instances": [{"instance": "x"}]}
+
+
 def test_disk_report_is_used_where_a_node_has_it() -> None:
-    report = merge(playbook(host("a", status(1, 10, 0, None, 0), disk={"disks": [1, 2]}),
+    report = merge(playbook(host("a", status(1, 10, 0, None, 0), disk=DISK),
                             host("b", status(1, 10, 0, None, 0))))
     by = {n["host"]: n for n in report["nodes"]}
-    assert by["a"]["disk_report"] == {"disks": [1, 2]} and by["b"]["disk_report"] is None
-    assert report["totals"]["with_disk_report"] == 1
+    assert by["a"]["disk"] == {"free": 5 << 30, "over_commit": 9 << 30,
+                               "worst_case_free": -(1 << 30), "disk_available_least": -1,
+                               "findings": ["worst-case-shortfall"], "critical": 1}
+    assert "instances" not in by["a"]["disk_report"]
+    assert by["b"]["disk"] is None and by["b"]["disk_report"] is None
+    t = report["totals"]
+    assert (t["with_disk_report"], t["worst_case_short"], t["disk_critical"]) == (1, 1, 1)
+    assert render.columns(report)[-2:] == ("DISK FREE", "WORST CASE")
+    assert [r[-2:] for r in render.rows(report)] == [["5.0 GiB", "-1.0 GiB"], ["-", "-"]]
+    page = render.html_page(report)
+    assert "short &lt;b&gt;" in page and 'id="disk-findings"' in page
 
 
 def test_last_clean_is_the_last_journal_run() -> None:

@@ -49,14 +49,36 @@ EXIT_NOTES = {6: " (exit 6: problems held files)", 10: " (exit 10: budget not me
 
 COLUMNS = ("NODE", "CACHE", "FILES", "RECLAIMABLE", "HEADROOM", "PROBLEMS", "LAST CLEAN",
            "VERSION")
+DISK_COLUMNS = ("DISK FREE", "WORST CASE")
+"""From `disk report`, when some node has it: free bytes, and what would be left if
+every disk grew to its virtual size (negative: short)."""
+
+
+def _signed(value: int | None) -> str:
+    if value is None:
+        return "-"
+    return ("-" if value < 0 else "") + human_bytes(abs(value))
+
+
+def columns(report: dict[str, Any]) -> tuple[str, ...]:
+    cols: tuple[str, ...] = COLUMNS
+    if any(n.get("disk") for n in report["nodes"]):
+        cols += DISK_COLUMNS
+    if any("clean" in n for n in report["nodes"]):
+        cols += ("CLEAN",)
+    return cols
 
 
 def rows(report: dict[str, Any]) -> list[list[str]]:
+    disk_columns = DISK_COLUMNS[0] in columns(report)
     out = []
     for n in report["nodes"]:
         row = [n["host"], human_bytes(n["allocated"]), str(n["files"]),
                human_bytes(n["reclaimable"]), _headroom(n), str(n["problems"]),
                _last_clean(n), n["version"] or "?"]
+        if disk_columns:
+            d = n.get("disk") or {}
+            row += [_bytes(d.get("free")), _signed(d.get("worst_case_free"))]
         if "clean" in n:
             row.append(_clean(n["clean"]))
         out.append(row)
@@ -70,6 +92,10 @@ def totals_line(report: dict[str, Any]) -> str:
             f"{t['files']} files, reclaimable {human_bytes(t['reclaimable'])}, "
             f"{t['over_budget']} over budget, {t['problems']} problems "
             f"({report['seconds']:.1f} s)")
+    if t["with_disk_report"]:
+        line += (f"\ndisk: {t['with_disk_report']} nodes with `disk report`, "
+                 f"{t['worst_case_short']} short in the worst case, "
+                 f"{t['disk_critical']} critical findings")
     if "clean" in t:
         c = t["clean"]
         line += (f"\nclean: removed {c['removed']} files, freed {human_bytes(c['freed'])} on "
@@ -83,10 +109,10 @@ def table(report: dict[str, Any], out: Console) -> None:
     from rich.table import Table
 
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    columns = COLUMNS + (("CLEAN",) if any("clean" in n for n in report["nodes"]) else ())
-    for name in columns:
+    for name in columns(report):
         t.add_column(name, justify="right" if name in ("CACHE", "FILES", "RECLAIMABLE",
-                                                       "HEADROOM", "PROBLEMS") else "left")
+                                                       "HEADROOM", "PROBLEMS", *DISK_COLUMNS)
+                     else "left")
     for row in rows(report):
         t.add_row(*row)
     out.print(t)
@@ -121,9 +147,8 @@ def html_page(report: dict[str, Any]) -> str:
              "</head><body>", "<h1>novakeeper fleet report</h1>",
              f"<p>generated {e(_when(report['generated']))}</p>",
              f'<p class="totals" id="totals">{e(totals_line(report))}</p>']
-    columns = COLUMNS + (("CLEAN",) if any("clean" in n for n in report["nodes"]) else ())
     parts.append('<table id="nodes"><thead><tr>'
-                 + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr></thead><tbody>")
+                 + "".join(f"<th>{e(c)}</th>" for c in columns(report)) + "</tr></thead><tbody>")
     numeric = {1, 2, 3, 4, 5}
     for n, row in zip(report["nodes"], rows(report), strict=True):
         cls = ' class="over"' if (n["headroom"] or 0) < 0 else ""
@@ -143,6 +168,16 @@ def html_page(report: dict[str, Any]) -> str:
     if problems:
         parts.append('<h2>Problems</h2><table id="problems"><tbody>')
         parts += [f"<tr><td>{e(h)}</td><td>{e(line)}</td></tr>" for h, line in problems]
+        parts.append("</tbody></table>")
+    findings = [(n["host"], f) for n in report["nodes"]
+                for f in ((n.get("disk_report") or {}).get("findings") or [])
+                if isinstance(f, dict)]
+    if findings:
+        parts.append('<h2>Disk findings</h2><table id="disk-findings"><thead><tr><th>NODE</th>'
+                     "<th>SEVERITY</th><th>FINDING</th><th>WHAT TO DO</th></tr></thead><tbody>")
+        parts += [f"<tr><td>{e(h)}</td><td>{e(str(f.get('severity', '')))}</td>"
+                  f"<td>{e(str(f.get('message', '')))}</td><td>{e(str(f.get('action', '')))}"
+                  "</td></tr>" for h, f in findings]
         parts.append("</tbody></table>")
     parts.append(f"<p>{t['with_disk_report']} of {t['reporting']} nodes answered "
                  "<code>disk report</code>.</p></body></html>")

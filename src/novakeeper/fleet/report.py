@@ -85,7 +85,7 @@ def node(run: HostRun) -> dict[str, Any]:
     status = _json(run.results.get("cache status")) or {}
     budget = status.get("budget") or {}
     problems = status.get("problems") or []
-    disk_res = run.results.get("disk report")
+    disk = _json(run.results.get("disk report"))
     return {
         "host": run.host,
         "version": _version(run.results.get("version")),
@@ -103,7 +103,28 @@ def node(run: HostRun) -> dict[str, Any]:
         "problem_lines": problems[:20],
         "orphaned_locks": len(status.get("orphaned_locks") or []),
         "last_clean": last_clean(_json(run.results.get("cache history"))),
-        "disk_report": _json(disk_res) if disk_res is not None else None,
+        "disk": disk_figures(disk),
+        "disk_report": ({k: v for k, v in disk.items() if k != "instances"}
+                        if isinstance(disk, dict) else None),
+    }
+
+
+def disk_figures(disk: Any) -> dict[str, Any] | None:
+    """The few `disk report` figures the fleet table shows (None: the node's novakeeper
+    has no `disk report`, or it failed). The whole report, less its per-instance rows, is
+    in `disk_report`."""
+    if not isinstance(disk, dict):
+        return None
+    fs = disk.get("file_system") or {}
+    findings = disk.get("findings") or []
+    return {
+        "free": fs.get("free"),
+        "over_commit": (disk.get("over_commit") or {}).get("total"),
+        "worst_case_free": (disk.get("worst_case") or {}).get("free"),
+        "disk_available_least": (disk.get("nova") or {}).get("disk_available_least_reported"),
+        "findings": [f.get("code") for f in findings if isinstance(f, dict)],
+        "critical": sum(1 for f in findings
+                        if isinstance(f, dict) and f.get("severity") == "critical"),
     }
 
 
@@ -148,7 +169,10 @@ def merge(report_run: PlaybookRun, clean_run: PlaybookRun | None = None,
         "over_budget": sum(1 for n in nodes if (n["headroom"] or 0) < 0),
         "problems": sum(n["problems"] for n in nodes),
         "disks": sum(n["disks"] for n in nodes),
-        "with_disk_report": sum(1 for n in nodes if n["disk_report"] is not None),
+        "with_disk_report": sum(1 for n in nodes if n["disk"] is not None),
+        "disk_critical": sum(n["disk"]["critical"] for n in nodes if n["disk"] is not None),
+        "worst_case_short": sum(1 for n in nodes if n["disk"] is not None
+                                and (n["disk"]["worst_case_free"] or 0) < 0),
         "versions": dict(sorted(_count(n["version"] or "?" for n in nodes).items())),
     }
     if clean_run is not None:
