@@ -88,7 +88,10 @@ def test_report_table_names_every_node(lab: Lab, installed: object) -> None:
     for host in HOSTS:
         assert any(line.startswith(host + " ") for line in lines), proc.stdout
     assert any(line.startswith("UNREACHABLE") and _lab.DOWN_HOST in line for line in lines)
-    assert lines[-1].startswith("fleet: 4 nodes, 3 reporting, 1 unreachable")
+    assert lines[-2].startswith("fleet: 4 nodes, 3 reporting, 1 unreachable")
+    # the nodes' novakeeper has `disk report`: its columns and its line are there
+    assert "DISK FREE" in lines[0] and "WORST CASE" in lines[0]
+    assert lines[-1].startswith("disk: 3 nodes with `disk report`, ")
     assert proc.stderr.startswith("novakeeper: error: ") and len(proc.stderr.splitlines()) == 1
 
 
