@@ -10,7 +10,8 @@ wheels (the role's install is timed by tests/fleet, not here). For each node cou
 each --forks F it times `fleet report` (the playbook, ansible-runner's event parsing and
 the merge, in this process; median of --runs), and, as the baseline in the same run,
 the four commands the playbook runs on a node (--version, cache status --json, cache
-history --json, disk report --help) run directly one node after another. Ansible's
+history --json, disk report --help, and disk report --json where that exists) run
+directly one node after another. Ansible's
 connection is `local`: SSH would add its handshake per task (pipelining and
 ControlPersist amortise it; measure on your own fleet).
 """
@@ -53,8 +54,11 @@ def direct(nodes: list[_lab.Node]) -> float:
             argv = [str(node.bin), "--version"] if command == ("--version",) else node.argv(
                 *command)
             subprocess.run(argv, capture_output=True, check=True, env=_lab.node_env())
-        subprocess.run([str(node.bin), "disk", "report", "--help"], capture_output=True,
-                       check=False, env=_lab.node_env())
+        has_disk = subprocess.run([str(node.bin), "disk", "report", "--help"],
+                                  capture_output=True, check=False, env=_lab.node_env())
+        if has_disk.returncode == 0:
+            subprocess.run(node.argv("disk", "report", "--json"), capture_output=True,
+                           check=True, env=_lab.node_env())
     return time.perf_counter() - started
 
 
