@@ -25,7 +25,8 @@ from novakeeper.gcpause import cyclic_gc_paused
 from novakeeper.images import crosscheck
 from novakeeper.integrity import state as integrity_state
 from novakeeper.settings import Settings
-from novakeeper.state import journal, pins, usage
+from novakeeper.images import catalog
+from novakeeper.state import journal, pins, releases, usage
 from novakeeper.state.db import StateDB, open_state
 from novakeeper.usage.base import UsageSource
 from novakeeper.usage.collect import Usage, collect
@@ -132,6 +133,7 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
     records: dict[str, usage.UsageRecord] = {}
     db_pins: list[pins.Pin] = []
     corrupt: dict[str, str] = {}
+    released: dict[str, str] = {}
     if state is not None:
         try:
             if state.writable:
@@ -144,6 +146,7 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
             db_pins = pins.load(state)
             names = {b.name for b in inventory.bases}
             corrupt = {c.name: c.detail for c in integrity_state.corrupt(state, names)}
+            released = releases.load(state)
         except sqlite3.Error as exc:
             note = f"state database {state.path}: {exc}; planning without it"
             LOG.warning("%s", note)
@@ -152,11 +155,31 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
         LOG.warning("Journal: removal of %s by run %s was interrupted; settled as %s",
                     entry.path, entry.run, entry.outcome)
     used = used if used is not None else Usage()
+    all_pins = tuple(settings.pins) + tuple(db_pins)
+    images = glance_catalog(settings, state, now, all_pins)
+    if images is not None:
+        notes.extend(images.notes())
     observed = Observed(fs=fs, fs_error=fs_error, last_used=usage.last_used_map(records),
-                        pins=pins.Pins(tuple(settings.pins) + tuple(db_pins)),
+                        pins=pins.Pins(all_pins),
                         notes=tuple(notes), sightings=used.sightings,
-                        source_errors=tuple(used.errors), corrupt=corrupt)
+                        source_errors=tuple(used.errors), corrupt=corrupt,
+                        images=images.by_hash if images is not None else {},
+                        released=released)
     return observed, reconciled
+
+
+def glance_catalog(settings: Settings, state: StateDB | None, now: float,
+                   all_pins: Sequence[pins.Pin] = ()) -> catalog.Catalog | None:
+    """Glance's word on the images of this cache ([novakeeper] glance_images), refreshed
+    at most every glance_refresh_seconds; None when image naming is off."""
+    if not settings.glance.enabled:
+        return None
+    from novakeeper.integrity.glance import Glance
+
+    pinned = {p.hash: p.value for p in all_pins  # an id, not a cache hash
+              if p.kind == "image" and p.hash and p.hash != p.value}
+    return catalog.refresh(state, lambda: Glance(settings.glance.cloud), now,
+                           settings.glance.refresh_seconds, pinned)
 
 
 # Problems --ignore-unreadable stops from holding files: doubt about what a disk uses.

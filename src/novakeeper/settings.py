@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from oslo_config import cfg, types
@@ -45,6 +45,8 @@ DEFAULT_OPTS: list[cfg.Opt] = [
                help="This compute host's name, as nova knows it."),
     cfg.StrOpt("my_ip", default=_default_ip(), sample_default="<host ip>",
                help="Read so that nova's `_base_$my_ip` cache names interpolate."),
+    cfg.BoolOpt("force_raw_images", default=True,
+                help="nova's: `cache fetch` converts non-raw images to raw, as nova does."),
 ]
 
 IMAGE_CACHE_OPTS: list[cfg.Opt] = [
@@ -114,6 +116,17 @@ NOVAKEEPER_OPTS: list[cfg.Opt] = [
     cfg.FloatOpt("verify_rate_limit", default=0.0, min=0,
                  help="MB/s (MiB) verification may read, so it never starves running "
                       "instances of disk I/O; 0: unlimited."),
+    cfg.BoolOpt("glance_images", default=False,
+                help="Name every base by its Glance image and act on deleted/deactivated "
+                     "images (needs Glance credentials)."),
+    cfg.StrOpt("glance_cloud",
+               help="clouds.yaml cloud for Glance (default: nova_api_cloud, else OS_*)."),
+    cfg.IntOpt("glance_refresh_seconds", default=600, min=0,
+               help="How long Glance's image listing is reused before asking again."),
+    cfg.IntOpt("deleted_image_min_age_seconds", default=3600, min=0,
+               help="Unused bases of images deleted or deactivated in Glance go after this."),
+    cfg.FloatOpt("fetch_rate_limit", default=0.0, min=0,
+                 help="MB/s (MiB) `cache fetch` downloads at most; 0: unlimited."),
     cfg.IntOpt("verify_files_per_pass", default=2, min=0,
                help="Base files the service verifies each pass, least recently verified "
                     "first; 0: none."),
@@ -132,6 +145,17 @@ OPT_GROUPS: tuple[tuple[str, list[cfg.Opt]], ...] = (
     ("libvirt", LIBVIRT_OPTS),
     ("novakeeper", NOVAKEEPER_OPTS),
 )
+
+
+@dataclass(frozen=True)
+class GlanceSettings:
+    """Image naming (images/catalog.py) and `cache fetch` (cache/fetch.py)."""
+
+    enabled: bool = False
+    cloud: str | None = None
+    refresh_seconds: int = 600
+    force_raw_images: bool = True
+    fetch_rate_limit: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +180,7 @@ class Settings:
     verify_rate_limit: float = 0.0
     """MiB/s; 0: unlimited."""
     verify_files_per_pass: int = 2
+    glance: GlanceSettings = field(default_factory=lambda: GlanceSettings())
 
     @property
     def cache_path(self) -> str:
@@ -301,6 +326,7 @@ def load(
             spawn_hold_seconds=nk["spawn_hold_seconds"],
             budget=budget,
             trash_grace_seconds=nk["trash_grace_seconds"],
+            deleted_image_min_age_seconds=nk["deleted_image_min_age_seconds"],
         ),
         touch_in_use=nk["touch_in_use"],
         config_files=tuple(files),
@@ -315,6 +341,11 @@ def load(
         verify_algorithm=nk["verify_algorithm"],
         verify_rate_limit=float(nk["verify_rate_limit"]),
         verify_files_per_pass=nk["verify_files_per_pass"],
+        glance=GlanceSettings(nk["glance_images"],
+                              nk["glance_cloud"] or nk["nova_api_cloud"] or None,
+                              nk["glance_refresh_seconds"],
+                              values["DEFAULT"]["force_raw_images"],
+                              float(nk["fetch_rate_limit"])),
     )
 
 
