@@ -473,6 +473,13 @@ global_options(diagnose)
 cli.add_command(trace)
 cli.add_command(diagnose)
 
+from novakeeper.cache.glance_commands import fetch, release  # noqa: E402
+
+global_options(fetch)
+global_options(release)
+cache.add_command(fetch)
+cache.add_command(release)
+
 
 def _fail(code: int, message: str) -> NoReturn:
     click.echo(f"novakeeper: error: {message}", err=True)

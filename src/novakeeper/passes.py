@@ -22,10 +22,9 @@ from novakeeper.cache.policy import Observed, decide, recheck
 from novakeeper.cache.storage import read_registry
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.gcpause import cyclic_gc_paused
-from novakeeper.images import crosscheck
+from novakeeper.images import catalog, crosscheck
 from novakeeper.integrity import state as integrity_state
 from novakeeper.settings import Settings
-from novakeeper.images import catalog
 from novakeeper.state import journal, pins, releases, usage
 from novakeeper.state.db import StateDB, open_state
 from novakeeper.usage.base import UsageSource

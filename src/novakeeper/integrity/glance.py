@@ -166,7 +166,8 @@ class Glance:
         image of every project: only then does "not listed" mean "not in Glance"."""
         conn = self._connection()
         try:
-            access = conn.session.auth.get_access(conn.session)
+            auth: Any = conn.session.auth
+            access = auth.get_access(conn.session)
             return "admin" in {str(r).lower() for r in (access.role_names or ())}
         except Exception:  # no roles to read (a token without a catalog): assume not
             return False
