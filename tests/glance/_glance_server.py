@@ -14,6 +14,7 @@ so a test run that dies takes it along.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -52,6 +53,7 @@ project_name = admin
 user_domain_id = default
 project_domain_id = default
 service_token_roles_required = true
+interface = public
 """
 
 
@@ -87,10 +89,10 @@ def main() -> None:
 
     from glance.cmd import manage
 
-    manage.main_cli = getattr(manage, "main_cli", None)
     sys.argv[1:] = ["--config-file", os.path.join(work, "glance-api.conf"), "db", "sync"]
     try:
-        manage.main()
+        with contextlib.redirect_stdout(sys.stderr):  # stdout is for READY only
+            manage.main()
     except SystemExit as exc:
         if exc.code not in (0, None):
             raise
