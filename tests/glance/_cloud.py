@@ -135,8 +135,8 @@ class Cloud:
         return self.conn.image.get_image(image.id)
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
+@pytest.fixture(scope="module", name="cloud")
+def cloud_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     keystone_python = side_venv_python("keystone", "NOVAKEEPER_KEYSTONE_VENV")
     glance_python = side_venv_python("glance", "NOVAKEEPER_GLANCE_VENV")
     work = tmp_path_factory.mktemp("openstack")

@@ -6,7 +6,6 @@ state/releases.py.
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from contextlib import closing
@@ -21,6 +20,10 @@ from novakeeper.output import console, json_out
 if TYPE_CHECKING:
     from novakeeper.cache.fetch import Fetched
     from novakeeper.settings import Settings
+
+
+INTERRUPTED = 130
+"""Exit code of a fetch stopped by Ctrl-C or SIGTERM (128 + SIGINT, as the shell's)."""
 
 
 class _Bar:
@@ -103,9 +106,11 @@ def _fetch_all(conf: Settings, image_ids: tuple[str, ...], pin: bool, note: str,
                     fetch_mod.record(state, image_id, "", "failed", 0, exc.message, now)
                     failed.append((image_id, exc))
                     continue
-                except KeyboardInterrupt:
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the partial files are gone
                     fetch_mod.record(state, image_id, "", "failed", 0, "interrupted", now)
-                    raise
+                    click.echo(f"novakeeper: error: interrupted while fetching {image_id}: "
+                               "nothing of it left in the cache", err=True)
+                    sys.exit(INTERRUPTED)
                 if pin:
                     pins.add(state, "image", got.image_id, note or "cache fetch --pin", now)
                     got = replace(got, pinned=True)
@@ -143,7 +148,6 @@ def fetch(ctx: Any, image_ids: tuple[str, ...], pin: bool, note: str,
         why = pins.check_image_id(image_id)
         if why:
             raise NovakeeperError(ExitCode.USAGE, why)
-    ctx.log(floor=logging.INFO if not as_json else logging.WARNING)
     conf = ctx.settings()
     if hosts_file is not None:
         hosts = aggregate_hosts(hosts_file)
