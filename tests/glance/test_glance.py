@@ -324,3 +324,35 @@ def test_glance_down_means_unknown_never_deleted(node: Node, cloud: Cloud,
         cloud.register()
         cloud.reconnect()
     assert _plan(node)[image_hash(img.id)]["verdict"] == "remove"
+
+
+def test_glance_is_asked_once_per_refresh_interval(node: Node, cloud: Cloud,
+                                                  tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    img = cloud.upload(make_raw(tmp_path / "cached.raw", MiB, pattern(MiB, 11)), "raw",
+                       "cached")
+    fetch_json(node, img.id)
+    _age(node.base(img.id), 2 * HOUR)
+    monkeypatch.setenv("OS_NOVAKEEPER__GLANCE_REFRESH_SECONDS", "3600")
+    assert _plan(node)[image_hash(img.id)]["image"]["status"] == "active"
+    cloud.conn.image.delete_image(img.id)
+    # within the interval the stored listing answers: Glance is not asked again
+    assert _plan(node)[image_hash(img.id)]["image"]["status"] == "active"
+    monkeypatch.setenv("OS_NOVAKEEPER__GLANCE_REFRESH_SECONDS", "0")
+    assert _plan(node)[image_hash(img.id)]["image"]["status"] == "deleted"
+
+
+def test_aggregate_hosts_file_decides_whether_this_node_fetches(node: Node, images: Images,
+                                                                tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# aggregate fast-boot\nnode-2\nnode-3\n")
+    proc = node.cli("cache", "fetch", "--aggregate-hosts-from-file", str(hosts),
+                    images.raw.id)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (f"host node-1 is not in {hosts} (2 hosts): nothing "
+                                   "fetched")
+    assert node.names() == set()
+    hosts.write_text("node-2, node-1\n")
+    data = fetch_json(node, "--aggregate-hosts-from-file", str(hosts), images.raw.id)
+    assert data["fetched"][0]["action"] == "fetched"
+    assert node.names() == {image_hash(images.raw.id)}
