@@ -309,7 +309,9 @@ def test_glance_down_means_unknown_never_deleted(node: Node, cloud: Cloud,
     fetch_json(node, img.id)
     _age(node.base(img.id), 2 * HOUR)
     cloud.conn.image.delete_image(img.id)
-    assert _plan(node)[image_hash(img.id)]["verdict"] == "remove"
+    gone = _plan(node)[image_hash(img.id)]
+    assert gone["verdict"] == "remove"
+    assert gone["image"]["name"] == "gone"  # named at fetch time, before any listing
     cloud.glance.stop()
     try:
         down = _plan(node)

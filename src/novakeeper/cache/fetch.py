@@ -77,6 +77,8 @@ class Fetched:
     """The verified os_hash_value (or md5 checksum)."""
     seconds: float = 0.0
     pinned: bool = False
+    image: GlanceImage | None = None
+    """Glance's record of the image, for the catalog (not in the JSON: see `cache plan`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"image_id": self.image_id, "name": self.name, "path": self.path,
@@ -341,7 +343,7 @@ def fetch(image_id: str, cache_path: str, glance: Glance, locks: NovaLocks,
         if _present(path, image, expected):
             os.utime(path)  # nova's reuse of a base touches it
             return Fetched(image.id, name, path, "present", 0, os.stat(path).st_size,
-                           seconds=clock() - started)
+                           seconds=clock() - started, image=image)
         check_space(cache_path, image, expected, converting, budget)
         for leftover in (part, converted):  # a crashed fetch's: we hold nova's lock
             with contextlib.suppress(FileNotFoundError):
@@ -391,13 +393,14 @@ def fetch(image_id: str, cache_path: str, glance: Glance, locks: NovaLocks,
         os.utime(path)  # mtime now: a fresh base, as after nova's download
         size = os.stat(path).st_size
     return Fetched(image.id, name, path, "fetched", written, size,
-                   fmt if converting else None, algo, digest, clock() - started)
+                   fmt if converting else None, algo, digest, clock() - started, image=image)
 
 
 def record(state: StateDB | None, image_id: str, name: str, outcome: str, nbytes: int,
-           detail: str, now: float) -> None:
+           detail: str, now: float, image: GlanceImage | None = None) -> None:
     """The fetch's outcome in the state database (the exporter counts them); the id is
-    learned so that plans and `cache verify` know the base's image."""
+    learned so that plans and `cache verify` know the base's image, and Glance's record of
+    it goes into the catalog (so a plan can name it even once it is deleted)."""
     if state is None or not state.writable:
         return
     try:
@@ -408,6 +411,16 @@ def record(state: StateDB | None, image_id: str, name: str, outcome: str, nbytes
             if outcome != "failed":
                 conn.execute("INSERT OR IGNORE INTO image_ids (hash, image_id, source, "
                              "learned_at) VALUES (?, ?, 'fetch', ?)", (name, image_id, now))
+            if outcome != "failed" and image is not None:
+                conn.execute(
+                    "INSERT OR IGNORE INTO glance_images (hash, image_id, name, status, "
+                    "visibility, disk_format, container_format, size, virtual_size, "
+                    "checksum, hash_algo, hash_value, checked_at) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (name, image.id, image.name, (image.status or "").lower(),
+                     image.visibility, image.disk_format, image.container_format,
+                     image.size, image.virtual_size, image.checksum, image.hash_algo,
+                     image.hash_value, now))
     except sqlite3.Error as exc:
         LOG.warning("State database %s: %s; fetch not recorded", state.path, exc)
 

@@ -115,7 +115,7 @@ def _fetch_all(conf: Settings, image_ids: tuple[str, ...], pin: bool, note: str,
                     pins.add(state, "image", got.image_id, note or "cache fetch --pin", now)
                     got = replace(got, pinned=True)
                 fetch_mod.record(state, got.image_id, got.name, got.action, got.bytes,
-                                 got.line(), now)
+                                 got.line(), now, got.image)
                 done.append(got)
         finally:
             glance.close()
