@@ -60,11 +60,17 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "novakeeper_cache_quarantined_total": ("counter", frozenset()),
     "novakeeper_service_interval_seconds": ("gauge", frozenset()),
     "novakeeper_service_deleting": ("gauge", frozenset()),
+    "novakeeper_cache_deleted_image_bases": ("gauge", frozenset({"status"})),
+    "novakeeper_cache_deleted_image_bytes": ("gauge", frozenset({"status"})),
+    "novakeeper_cache_fetches_total": ("counter", frozenset()),
+    "novakeeper_cache_fetched_bytes_total": ("counter", frozenset()),
+    "novakeeper_cache_fetch_failures_total": ("counter", frozenset()),
 }
 LABEL_VALUES = {
     "measure": {"allocated", "apparent"},
     "reason": {"remove", "evict", "stale-partial", "trash-expired"},
     "outcome": {"ok", "failed"},
+    "status": {"deleted", "deactivated"},
 }
 TARGET_LABELS = {"instance", "job"}  # added by the scrape, never by novakeeper
 
