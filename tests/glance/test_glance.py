@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -358,3 +359,28 @@ def test_aggregate_hosts_file_decides_whether_this_node_fetches(node: Node, imag
     data = fetch_json(node, "--aggregate-hosts-from-file", str(hosts), images.raw.id)
     assert data["fetched"][0]["action"] == "fetched"
     assert node.names() == {image_hash(images.raw.id)}
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs: a file system the image does not fit in (root only)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_no_room_on_the_file_system_is_found_before_the_download(
+        small_fs: Path, images: Images, cloud: Cloud, monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in glance_env(cloud).items():
+        monkeypatch.setenv(k, v)
+    node = make_node(small_fs)
+    line = _fails(node, ExitCode.NO_SPACE, images.raw.id)  # 4 MiB into 2 MiB
+    assert "needs 4.0 MiB" in line and "nothing fetched" in line
+    assert node.names() == set()
