@@ -1,15 +1,16 @@
 """Run a real Glance (the PyPI package) on loopback for the tests in this folder.
 
 Runs under the Python of the venv that .ci/glance-setup made, never the project's:
-    python _glance_server.py WORKDIR [KEYSTONE_URL ADMIN_PASSWORD]
+    python _glance_server.py WORKDIR KEYSTONE_URL ADMIN_PASSWORD
 It writes a glance-api.conf with an SQLite database and a file store in WORKDIR, runs
-`glance-manage db_sync` (in this process, to save an interpreter start-up), then serves
+`glance-manage db sync` (in this process, to save an interpreter start-up), then serves
 Glance's own WSGI application (`glance.common.wsgi_app.init_app`, what uWSGI runs) with
-wsgiref on 127.0.0.1 at a free port and prints `READY <port>`. With a Keystone URL the
-paste flavor is `keystone` (keystonemiddleware's auth_token validates every token with
-that Keystone, as the admin user); without one it is Glance's noauth pipeline
-(`unauthenticated-context`: every caller is an admin). It exits when its stdin closes,
-so a test run that dies takes it along.
+wsgiref on 127.0.0.1 at a free port and prints `READY <port>`. The paste flavor is
+`keystone`: keystonemiddleware's auth_token validates every token with that Keystone (as
+its admin user), and Glance's default policies (new defaults, scope enforced) apply.
+Pages hold 2 images (`limit_param_default`, `api_limit_max`), so every listing follows
+Glance's `next` links. It exits when its stdin closes, so a test run that dies takes it
+along.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ log_file = {work}/glance-api.log
 debug = false
 worker_self_reference_url = http://127.0.0.1:{port}
 enabled_import_methods = []
+limit_param_default = 2
+api_limit_max = 2
 [database]
 connection = sqlite:///{work}/glance.db
 [glance_store]
@@ -72,18 +75,14 @@ def _exit_when_parent_goes() -> None:
 
 
 def main() -> None:
-    work = sys.argv[1]
-    keystone = sys.argv[2] if len(sys.argv) > 2 else None
-    password = sys.argv[3] if len(sys.argv) > 3 else ""
+    work, keystone, password = sys.argv[1], sys.argv[2], sys.argv[3]
     del sys.argv[1:]  # oslo.config parses sys.argv as Glance's own options
     os.makedirs(os.path.join(work, "images"), exist_ok=True)
     server = _Server(("127.0.0.1", 0), _Quiet)  # listen first: the config names the port
     port = server.server_address[1]
     paste = os.path.join(sys.prefix, "etc", "glance", "glance-api-paste.ini")
-    conf = CONF_TEMPLATE.format(work=work, port=port, paste=paste,
-                                flavor="keystone" if keystone else "")
-    if keystone:
-        conf += AUTHTOKEN_TEMPLATE.format(keystone=keystone, password=password)
+    conf = CONF_TEMPLATE.format(work=work, port=port, paste=paste, flavor="keystone")
+    conf += AUTHTOKEN_TEMPLATE.format(keystone=keystone, password=password)
     with open(os.path.join(work, "glance-api.conf"), "w") as f:
         f.write(conf)
 
