@@ -453,6 +453,52 @@ def verify(ctx: Context, files: tuple[str, ...], algorithm: str | None,
     command.raise_for(report)
 
 
+@cli.group()
+def disk() -> None:
+    """What the node's disk holds, what nova reports, and how far it can grow."""
+
+
+@disk.command("report")
+@global_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--html", "html_file", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also write a self-contained HTML page (no external assets).")
+@click.option("--sort", type=click.Choice(["over-commit", "allocated", "virtual"]),
+              default="over-commit", show_default=True, help="Order of the instance rows.")
+@click.option("--top", type=click.IntRange(1), default=None, metavar="N",
+              help="Show only the first N instances (the totals count them all).")
+@click.option("--flavor-disk", "flavor_gb", type=click.IntRange(1), default=None,
+              metavar="GB", help="How many more instances with a root disk of GB GiB fit.")
+@click.option("--disk-allocation-ratio", "ratio", type=click.FloatRange(min=0.0),
+              default=None, help="Override nova.conf's [DEFAULT] disk_allocation_ratio.")
+@click.option("--reserved-host-disk-mb", "reserved_mb", type=click.IntRange(0), default=None,
+              help="Override nova.conf's [DEFAULT] reserved_host_disk_mb.")
+@click.pass_obj
+def disk_report(ctx: Context, as_json: bool, html_file: str | None, sort: str,
+                top: int | None, flavor_gb: int | None, ratio: float | None,
+                reserved_mb: int | None) -> None:
+    """Per instance: disks, virtual and allocated bytes, base, nova's over-commit; node
+    totals, disk_available_least, the worst case, the scheduler's view and findings."""
+    from novakeeper.disk import render
+    from novakeeper.disk.report import disk_report as build
+
+    report = build(ctx.settings(), flavor_gb, ratio, reserved_mb)
+    if html_file is not None:
+        try:
+            with open(html_file, "w", encoding="utf-8") as f:
+                f.write(render.to_html(report, sort, top))
+        except OSError as exc:
+            raise NovakeeperError(ExitCode.PATH,
+                                  f"{html_file}: {exc.strerror or exc}") from None
+    if as_json:
+        from novakeeper.gcpause import cyclic_gc_paused
+
+        with cyclic_gc_paused():  # tens of thousands of small dicts, no cycles
+            json_out(report.to_dict(sort, top))
+    else:
+        render.print_report(report, console(), sort, top)
+
+
 @cli.command()
 @click.option("--path", "root", type=click.Path(file_okay=False), default=None,
               help="Build the sandbox here (default: a new temp folder).")
@@ -472,6 +518,11 @@ global_options(trace)  # options added to the command objects in place
 global_options(diagnose)
 cli.add_command(trace)
 cli.add_command(diagnose)
+
+from novakeeper.doctor.commands import doctor  # noqa: E402
+
+global_options(doctor)
+cli.add_command(doctor)
 
 from novakeeper.cache.glance_commands import fetch, release  # noqa: E402
 

@@ -22,6 +22,8 @@ from novakeeper import settings
 from novakeeper.cache import render
 from novakeeper.cache.layout import image_hash
 from novakeeper.cache.plan import Verdict
+from novakeeper.disk import render as disk_render
+from novakeeper.disk.report import from_pass
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.passes import executor_for, plan_pass
 from novakeeper.state.journal import history
@@ -273,6 +275,13 @@ def run(root: str | None, instances: int, keep: bool, out: Console) -> None:
             out.print(render.summary_line(after.plan), highlight=False)
             for line in render.budget_lines(after.plan):
                 out.print(line, markup=False, highlight=False)
+            out.rule("novakeeper disk report (node totals and findings)")
+            disk = from_pass(after, conf)
+            for label, value in disk_render.node_lines(disk):
+                out.print(f"{label:<24} {value}", markup=False, highlight=False)
+            for finding in disk.findings:
+                out.print(f"{finding.severity}: {finding.message}", markup=False,
+                          highlight=False)
         gone = [d.name for d in first.plan.decisions
                 if d.verdict is Verdict.IN_USE and not os.path.lexists(d.path)]
         if gone:

@@ -21,6 +21,8 @@ class ExitCode(IntEnum):
     SHORTFALL = 10  # clean finished, but the budget cannot be met: the rest is in use/pinned
     BUSY = 11  # another novakeeper run holds this cache's run lock: nothing done
     CORRUPT = 12  # cache verify: a base's checksum does not match its record or Glance
+    DOCTOR_WARN = 20  # doctor: the worst finding is a WARN
+    DOCTOR_FAIL = 21  # doctor: at least one finding is a FAIL
     # cache fetch (30-36): nothing is left in the cache after any of these
     GLANCE = 30  # Glance (or Keystone) could not be reached or refused the request
     IMAGE_UNKNOWN = 31  # no such image in Glance

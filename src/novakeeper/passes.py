@@ -29,7 +29,7 @@ from novakeeper.state import journal, pins, releases, usage
 from novakeeper.state.db import StateDB, open_state
 from novakeeper.usage.base import UsageSource
 from novakeeper.usage.collect import Usage, collect
-from novakeeper.usage.libvirt import LibvirtDomains
+from novakeeper.usage.libvirt import Domain, LibvirtDomains
 from novakeeper.usage.novaapi import NovaServers
 from novakeeper.usage.openfiles import OpenFiles
 
@@ -52,6 +52,8 @@ class Pass:
     observed: Observed = field(default_factory=Observed)
     """What the plan read besides the inventory: the executor's re-checks read it too."""
     accept_unreadable: bool = False
+    domains: tuple[Domain, ...] | None = None
+    """libvirt's domains and their disks, when that usage source is on and answered."""
 
     frozen: bool = False
     """The scan's objects were moved out of the cyclic collector's sight (gc.freeze)."""
@@ -244,7 +246,7 @@ def plan_pass(settings: Settings, now: float | None = None, check: bool = False,
             gc.unfreeze()
         raise
     return Pass(scanner, inventory, plan, disagreements, state, reconciled, observed,
-                accept_unreadable, frozen)
+                accept_unreadable, used.domains, frozen)
 
 
 def judged_inventory(settings: Settings, inventory: Inventory, now: float,

@@ -45,6 +45,12 @@ DEFAULT_OPTS: list[cfg.Opt] = [
                help="This compute host's name, as nova knows it."),
     cfg.StrOpt("my_ip", default=_default_ip(), sample_default="<host ip>",
                help="Read so that nova's `_base_$my_ip` cache names interpolate."),
+    cfg.IntOpt("reserved_host_disk_mb", default=0, min=0,
+               help="nova's disk reserved for the host (`disk report`'s scheduler view)."),
+    cfg.FloatOpt("disk_allocation_ratio", default=None, min=0.0,
+                 help="nova's DISK_GB allocation ratio; unset: initial_disk_allocation_ratio."),
+    cfg.FloatOpt("initial_disk_allocation_ratio", default=1.0, min=0.0,
+                 help="nova's allocation ratio when disk_allocation_ratio is unset."),
     cfg.BoolOpt("force_raw_images", default=True,
                 help="nova's: `cache fetch` converts non-raw images to raw, as nova does."),
 ]
@@ -180,6 +186,10 @@ class Settings:
     verify_rate_limit: float = 0.0
     """MiB/s; 0: unlimited."""
     verify_files_per_pass: int = 2
+    reserved_host_disk_mb: int = 0
+    disk_allocation_ratio: float = 1.0
+    """[DEFAULT] disk_allocation_ratio, or initial_disk_allocation_ratio when unset (as
+    nova's resource tracker reports DISK_GB to placement)."""
     glance: GlanceSettings = field(default_factory=lambda: GlanceSettings())
 
     @property
@@ -341,12 +351,19 @@ def load(
         verify_algorithm=nk["verify_algorithm"],
         verify_rate_limit=float(nk["verify_rate_limit"]),
         verify_files_per_pass=nk["verify_files_per_pass"],
+        reserved_host_disk_mb=values["DEFAULT"]["reserved_host_disk_mb"],
+        disk_allocation_ratio=_disk_allocation_ratio(values["DEFAULT"]),
         glance=GlanceSettings(nk["glance_images"],
                               nk["glance_cloud"] or nk["nova_api_cloud"] or None,
                               nk["glance_refresh_seconds"],
                               values["DEFAULT"]["force_raw_images"],
                               float(nk["fetch_rate_limit"])),
     )
+
+
+def _disk_allocation_ratio(default: dict[str, Any]) -> float:
+    ratio = default["disk_allocation_ratio"]
+    return float(ratio if ratio is not None else default["initial_disk_allocation_ratio"])
 
 
 def _libvirt_uri(lv: dict[str, Any]) -> str:

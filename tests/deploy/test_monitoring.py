@@ -60,6 +60,12 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "novakeeper_cache_quarantined_total": ("counter", frozenset()),
     "novakeeper_service_interval_seconds": ("gauge", frozenset()),
     "novakeeper_service_deleting": ("gauge", frozenset()),
+    "novakeeper_disk_over_commit_bytes": ("gauge", frozenset()),
+    "novakeeper_disk_available_least_gib": ("gauge", frozenset()),
+    "novakeeper_disk_worst_case_free_bytes": ("gauge", frozenset()),
+    "novakeeper_disk_worst_case_shortfall_bytes": ("gauge", frozenset()),
+    "novakeeper_disk_bytes": ("gauge", frozenset({"holder"})),
+    "novakeeper_disk_unknown_disks": ("gauge", frozenset()),
     "novakeeper_cache_deleted_image_bases": ("gauge", frozenset({"status"})),
     "novakeeper_cache_deleted_image_bytes": ("gauge", frozenset({"status"})),
     "novakeeper_cache_fetches_total": ("counter", frozenset()),
@@ -70,6 +76,7 @@ LABEL_VALUES = {
     "measure": {"allocated", "apparent"},
     "reason": {"remove", "evict", "stale-partial", "trash-expired"},
     "outcome": {"ok", "failed"},
+    "holder": {"cache", "instance-disks", "other", "free", "outside-instances-path"},
     "status": {"deleted", "deactivated"},
 }
 TARGET_LABELS = {"instance", "job"}  # added by the scrape, never by novakeeper
@@ -77,6 +84,7 @@ TARGET_LABELS = {"instance", "job"}  # added by the scrape, never by novakeeper
 REQUIRED_ALERTS = {
     "NovakeeperCacheOverBudget", "NovakeeperCacheBudgetShortfall", "NovakeeperPassFailing",
     "NovakeeperInUseBaseCorrupt", "NovakeeperDisksUnreadable",
+    "NovakeeperDiskAvailableLeastNegative", "NovakeeperDiskWorstCasePastDisk",
 }
 CRITICAL_ALERTS = {"NovakeeperInUseBaseCorrupt"}
 
@@ -89,6 +97,8 @@ DASHBOARD_METRICS = {
     "novakeeper_cache_pass_duration_seconds", "novakeeper_cache_pass_success",
     "novakeeper_cache_pass_last_timestamp_seconds", "novakeeper_cache_problems",
     "novakeeper_cache_disks_unreadable", "novakeeper_cache_in_use_corrupt_bases",
+    "novakeeper_disk_over_commit_bytes", "novakeeper_disk_worst_case_shortfall_bytes",
+    "novakeeper_disk_available_least_gib",
 }
 # Grafana's variables, replaced by something PromQL parses
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h",
@@ -200,8 +210,9 @@ def test_alert_rules_structure() -> None:
         assert severity == ("critical" if name in CRITICAL_ALERTS else "warning"), name
         annotations = rule["annotations"]
         assert {"summary", "description", "runbook"} <= set(annotations), name
-        assert "novakeeper cache plan" in annotations["runbook"] + annotations[
-            "description"] or "journalctl" in annotations["runbook"], name
+        words = annotations["runbook"] + annotations["description"]
+        assert ("novakeeper cache plan" in words or "novakeeper disk report" in words
+                or "journalctl" in annotations["runbook"]), name
     # "pass failing": failed passes, or no pass for three intervals of the service
     failing = " ".join(r["expr"] for r in rules if r["alert"] == "NovakeeperPassFailing")
     assert "novakeeper_cache_pass_success" in failing
@@ -263,6 +274,10 @@ MUTATIONS = {
         "severity: warning"),
     "unreadable disks at once": (
         "expr: novakeeper_cache_disks_unreadable > 0", "for: 1h", "for: 0m"),
+    "disk_available_least alert on zero": (
+        "expr: novakeeper_disk_available_least_gib < 0", "< 0", "<= 0"),
+    "worst case alert at once": (
+        "expr: novakeeper_disk_worst_case_shortfall_bytes > 0", "for: 1h", "for: 0m"),
 }
 
 

@@ -120,6 +120,16 @@ def test_plan_mode_passes_export_metrics_and_remove_nothing(tree: Tree, tmp_path
     assert m["novakeeper_cache_files{kind=original,verdict=in-use}"] == 2
     assert m["novakeeper_cache_reclaimable_bytes"] > 0
     assert m["novakeeper_cache_disks"] == 3
+    # the disk report's figures, from the pass's own scan, as `disk report` gives them
+    proc = run_cli(*tree.cli("disk", "report", "--json"))
+    assert proc.returncode == 0, proc.stderr
+    disk = json.loads(proc.stdout)
+    assert m["novakeeper_disk_over_commit_bytes"] == disk["over_commit"]["total"] > 0
+    assert m["novakeeper_disk_worst_case_shortfall_bytes"] == disk["worst_case"]["shortfall"]
+    assert m["novakeeper_disk_bytes{holder=instance-disks}"] == disk["bytes"]["instance_disks"]
+    # free space on the shared /tmp moves between the pass and the command
+    assert m["novakeeper_disk_available_least_gib"] == pytest.approx(
+        disk["nova"]["disk_available_least"], abs=1.0)
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         live = metrics_of(r.read().decode())
     assert live["novakeeper_cache_disks"] == 3 and "process_cpu_seconds_total" in live

@@ -135,6 +135,8 @@ class Disk:
     allocated: int
     chain: tuple[str, ...]
     """Paths of the backing files, nearest first."""
+    size: int = 0
+    """Apparent size (st_size): what nova counts for a raw disk's holes."""
 
 
 @dataclass(frozen=True)
@@ -284,7 +286,7 @@ def _problem_for_chain(chain: Chain, path: str, instance: str | None,
 def _chained_disk(path: str, instance: str, kind: FolderKind, info: ImageInfo,
                   chain: Chain) -> Disk:
     return Disk(path, instance, kind, str(info.format), info.virtual_size, info.allocated,
-                tuple([link.path for link in chain.links]))
+                tuple([link.path for link in chain.links]), info.size)
 
 
 def scan_folder(
@@ -548,20 +550,34 @@ class Scanner:
         )
 
 
-def _pending_disks(folder: FolderScan) -> set[str]:
+def pending_disks(folder: FolderScan) -> set[str]:
     """Disks nova has announced in the folder's `disk.info` but not created yet. Nova's
     Qcow2 backend writes a disk's entry when it builds the disk's Image object, before
     `Image.cache` looks for the base without a lock: an entry with no file is a disk whose
     base may be in use right now (or a spawn that failed)."""
     try:
         with open(os.path.join(folder.path, "disk.info"), "rb") as f:
-            data = json.loads(f.read(65536) or b"{}")
-    except (OSError, ValueError):
+            raw = f.read(DISK_INFO_LIMIT)
+    except OSError:
+        return set()
+    return announced_missing(raw, folder.entries)
+
+
+DISK_INFO_LIMIT = 65536
+"""Bytes of a disk.info read: a few entries of one path each."""
+
+
+def announced_missing(raw: bytes, entries: frozenset[str]) -> set[str]:
+    """The disk names a disk.info's JSON (`{"<path>": "<format>", ...}`) announces that
+    are not among `entries`; nothing when it cannot be parsed."""
+    try:
+        data = json.loads(raw or b"{}")
+    except ValueError:
         return set()
     if not isinstance(data, dict):
         return set()
     names = {os.path.basename(str(k)) for k in data}
-    return {n for n in names if n and n not in folder.entries}
+    return {n for n in names if n and n not in entries}
 
 
 def building_holds(folder: FolderScan) -> tuple[frozenset[BaseKind], str] | None:
@@ -577,7 +593,7 @@ def building_holds(folder: FolderScan) -> tuple[frozenset[BaseKind], str] | None
     * always: disks disk.info announces that do not exist (a rescue's `disk.rescue`, a
       disk deleted after a failed spawn) hold the kinds they could use.
     A finished boot-from-volume folder (console.log, no `disk` announced) holds nothing."""
-    pending = _pending_disks(folder)
+    pending = pending_disks(folder)
     kinds: set[BaseKind] = set()
     why = []
     if "console.log" not in folder.entries:

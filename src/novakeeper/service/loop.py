@@ -213,6 +213,7 @@ class Service:
             self.scanner = result.scanner
             self._log_changes(result.plan)
             self.metrics.observe_plan(result.inventory, result.plan)
+            self._observe_disk(result, settings)
             observe_fetches(self.metrics, result)
             if cleaning:
                 executor = executor_for(result, settings)
@@ -226,6 +227,16 @@ class Service:
             if not self.stop_requested:
                 self._verify_some(settings, result)
             return result.plan
+
+    def _observe_disk(self, result: Pass, settings: Settings) -> None:
+        """The disk report's figures from this pass's own scan (one lstat per non-disk
+        file on top); a file system that cannot be read leaves them as they were."""
+        from novakeeper.disk.report import from_pass
+
+        try:
+            self.metrics.observe_disk(from_pass(result, settings))
+        except (NovakeeperError, OSError) as exc:
+            LOG.warning("Disk report figures not updated: %s", exc)
 
     def _verify_some(self, settings: Settings, result: Pass) -> None:
         """A few files' checksums per pass ([novakeeper] verify_files_per_pass), least

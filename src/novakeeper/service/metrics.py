@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 from novakeeper.cache.executor import Action, Report
 from novakeeper.cache.inventory import Inventory, ProblemCode
 from novakeeper.cache.plan import Plan, Verdict
+from novakeeper.disk.accounting import DiskReport
 
 UNREADABLE_CODES = frozenset({ProblemCode.DISK_UNREADABLE, ProblemCode.DISK_CORRUPT,
                               ProblemCode.FOLDER_UNREADABLE, ProblemCode.DOMAIN_DISK})
@@ -121,6 +122,25 @@ class Metrics:
                               "(0 when disabled).", namespace=ns, registry=r)
         self.deleting = Gauge("service_deleting", "1 when the service removes files "
                               "(service_mode = clean).", namespace=ns, registry=r)
+        self.over_commit = Gauge(
+            "disk_over_commit_bytes", "Total disk over-commit as nova computes it "
+            "(`disk report`).", namespace=ns, registry=r)
+        self.available_least = Gauge(
+            "disk_available_least_gib", "nova's disk_available_least in GiB, before the "
+            "ComputeNode record truncates it toward zero.", namespace=ns, registry=r)
+        self.worst_free = Gauge(
+            "disk_worst_case_free_bytes", "Free bytes under instances_path once every "
+            "disk has grown to its virtual size (negative: past the disk).",
+            namespace=ns, registry=r)
+        self.worst_shortfall = Gauge(
+            "disk_worst_case_shortfall_bytes", "Bytes the node lacks if every disk grows "
+            "to its virtual size.", namespace=ns, registry=r)
+        self.disk_bytes = Gauge(
+            "disk_bytes", "Bytes under instances_path by what holds them.", ["holder"],
+            namespace=ns, registry=r)
+        self.unknown_disks = Gauge(
+            "disk_unknown_disks", "Instance disks whose over-commit is unknown (unreadable "
+            "or corrupt).", namespace=ns, registry=r)
         # Glance (images/catalog.py, cache/fetch.py)
         self.deleted_bases = Gauge("cache_deleted_image_bases", "Bases of images deleted or "
                                    "deactivated in Glance, by image status.", ["status"],
@@ -173,6 +193,19 @@ class Metrics:
             for g in (self.headroom, self.need, self.shortfall):
                 g.set(0)
             self.headroom.set(float("nan"))
+
+    def observe_disk(self, disk: DiskReport) -> None:
+        """The disk report's figures (nova's over-commit, the worst case)."""
+        self.over_commit.set(disk.over_commit)
+        self.available_least.set(disk.disk_available_least)
+        self.worst_free.set(disk.worst_case_free)
+        self.worst_shortfall.set(disk.worst_case_shortfall)
+        self.unknown_disks.set(disk.unknown_disks)
+        holders = {"cache": disk.cache.total, "instance-disks": disk.instance_bytes,
+                   "other": disk.other_bytes, "free": disk.fs.free,
+                   "outside-instances-path": disk.outside_bytes}
+        for holder, n in holders.items():
+            self.disk_bytes.labels(holder).set(n)
 
     def observe_report(self, report: Report, reasons: dict[str, str]) -> None:
         """Counters: what the executor really removed (name -> verdict that removed it)."""

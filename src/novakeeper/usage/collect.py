@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from novakeeper.cache.inventory import Inventory, Problem, ProblemCode
 from novakeeper.cache.layout import BaseKind
 from novakeeper.usage.base import Sighting, UsageSource
-from novakeeper.usage.libvirt import DomainsResult
+from novakeeper.usage.libvirt import Domain, DomainsResult
 from novakeeper.usage.openfiles import OpenFilesResult
 
 LOG = logging.getLogger("novakeeper.cache")
@@ -34,6 +34,8 @@ class Usage:
     notes: list[str] = field(default_factory=list)
     building: frozenset[str] = frozenset()
     """Instances a source says are being built here (see SourceResult.building)."""
+    domains: tuple[Domain, ...] | None = None
+    """libvirt's domains and their disks; None when that source is off or failed."""
 
 
 def collect(sources: Sequence[UsageSource], inventory: Inventory) -> Usage:
@@ -68,6 +70,7 @@ def collect(sources: Sequence[UsageSource], inventory: Inventory) -> Usage:
             for name in by_hash.get(image_hash, ()):
                 usage.sightings.setdefault(name, []).extend(seen)
         if isinstance(result, DomainsResult):
+            usage.domains = result.domains
             for path, why in result.unreadable:
                 usage.problems.append(Problem(ProblemCode.DOMAIN_DISK, path, why, None,
                                               _ANY_BASE))

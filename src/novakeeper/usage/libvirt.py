@@ -37,6 +37,9 @@ SOURCE = "libvirt"
 class DomainsResult(SourceResult):
     """A SourceResult plus the disks that could not be read."""
 
+    domains: tuple[Domain, ...] = ()
+    """Every domain with the disks of its live definition: the disk report counts
+    over-commit over them, as nova does."""
     unreadable: tuple[tuple[str, str], ...] = ()
     """(path, why) for each disk, backing file or volume of a domain that could not be
     read to its end: missing, permission denied, a broken or unparsed chain, a pool
@@ -44,6 +47,46 @@ class DomainsResult(SourceResult):
     path is where following stopped. `why` names the domain and disk, e.g. "domain
     instance-0000002a (uuid) disk vda: backing file missing: /x/y". Whatever lies behind
     such a path is unknown, so the caller must hold the bases it might use."""
+
+
+@dataclass(frozen=True, slots=True)
+class DomainDisk:
+    """One `<disk>` of a domain's live definition, as nova's
+    `_get_instance_disk_info_from_config` reads it."""
+
+    target: str
+    kind: str
+    """The disk's type: "file", "block", "network", "volume"..."""
+    device: str
+    """"disk", "cdrom"..."""
+    format: str
+    """`<driver type>`: nova counts a disk by the format its domain declares."""
+    path: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    uuid: str
+    name: str
+    disks: tuple[DomainDisk, ...]
+
+
+def domain_disks(xml: str) -> tuple[DomainDisk, ...]:
+    """The `<disk>` elements of a domain XML (no backing stores, no mirrors)."""
+    root = ET.fromstring(xml)
+    disks = []
+    for disk in root.iterfind("./devices/disk"):
+        source = disk.find("source")
+        path = None
+        if source is not None:
+            path = source.get("file") or source.get("dev") or None
+        driver = disk.find("driver")
+        target = disk.find("target")
+        disks.append(DomainDisk(
+            target.get("dev", "") if target is not None else "", disk.get("type", ""),
+            disk.get("device", "disk"), driver.get("type", "") if driver is not None else "",
+            path))
+    return tuple(disks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +212,10 @@ class LibvirtDomains:
         by_file: dict[FileId, dict[str, Sighting]] = {}
         unreadable: dict[tuple[str, str], None] = {}
         seen = 0
+        described: list[Domain] = []
         for dom in domains:
             try:
-                refs = self._domain_refs(lv, dom, resolve)
+                refs, live = self._domain_refs(lv, dom, resolve)
             except lv.libvirtError as exc:
                 if exc.get_error_code() == lv.VIR_ERR_NO_DOMAIN:
                     continue  # undefined since it was listed: it uses nothing now
@@ -181,6 +225,7 @@ class LibvirtDomains:
                 return DomainsResult(SOURCE, error=f"unparsable domain XML at {self.uri}: "
                                      f"{exc}")
             seen += 1
+            described.append(live)
             for ref in refs:
                 for file_id in self._chain_ids(ref, prober, unreadable):
                     if file_id in wanted:
@@ -189,14 +234,18 @@ class LibvirtDomains:
             SOURCE,
             by_file={key: tuple(s.values()) for key, s in by_file.items()},
             seen=seen,
+            domains=tuple(described),
             unreadable=tuple(unreadable),
         )
 
     @staticmethod
-    def _domain_refs(lv: Any, dom: Any, resolve: VolumeResolver) -> list[DiskRef]:
+    def _domain_refs(lv: Any, dom: Any, resolve: VolumeResolver
+                     ) -> tuple[list[DiskRef], Domain]:
         """The disks of the live definition and of the persistent one (the next boot's),
-        without repeats: a running domain may have had a disk changed in either."""
-        domain = f"domain {dom.name()} ({dom.UUIDString()})"
+        without repeats: a running domain may have had a disk changed in either. And the
+        domain as nova's disk accounting reads it (the live definition's disks)."""
+        name, uuid = dom.name(), dom.UUIDString()
+        domain = f"domain {name} ({uuid})"
         xmls = [dom.XMLDesc(0)]
         if dom.isActive() and dom.isPersistent():
             xmls.append(dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE))
@@ -204,7 +253,7 @@ class LibvirtDomains:
         for xml in xmls:
             for ref in disk_refs(xml, domain, resolve):
                 refs[ref] = None
-        return list(refs)
+        return list(refs), Domain(uuid, name, domain_disks(xmls[0]))
 
     @staticmethod
     def _chain_ids(ref: DiskRef, prober: CachedProber,
