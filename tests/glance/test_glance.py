@@ -75,7 +75,8 @@ class Node:
         return self.cache / image_hash(image_id)
 
     def names(self) -> set[str]:
-        return {p.name for p in self.cache.iterdir()}
+        """The cache's files, without novakeeper's own run lock."""
+        return {p.name for p in self.cache.iterdir() if p.name != ".novakeeper-run.lock"}
 
 
 def make_node(root: Path, extra: str = "") -> Node:
@@ -384,3 +385,79 @@ def test_no_room_on_the_file_system_is_found_before_the_download(
     line = _fails(node, ExitCode.NO_SPACE, images.raw.id)  # 4 MiB into 2 MiB
     assert "needs 4.0 MiB" in line and "nothing fetched" in line
     assert node.names() == set()
+
+
+def _nova_standin() -> Any:
+    """tests/usage/test_novaapi.py's Nova API stand-in (nova's shapes and default policy,
+    tokens checked with Keystone), loaded from its file."""
+    import importlib.util
+
+    path = HERE.parent / "usage" / "test_novaapi.py"
+    spec = importlib.util.spec_from_file_location("_novaapi_standin", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_last_copy_an_instance_names_is_kept_until_released(
+        node: Node, cloud: Cloud, tmp_path: Path) -> None:
+    """Glance deletes an image and its kernel; an instance on this host (the Nova API,
+    through Keystone's catalog) still names both: their bases are last copies, kept by
+    `clean`, until an operator releases one."""
+    import threading
+    from wsgiref.simple_server import make_server
+
+    standin = _nova_standin()
+    nova = standin.FakeNova(cloud.keystone_url, cloud.conn.session.get_token())
+    httpd = make_server("127.0.0.1", 0, nova, server_class=standin._ThreadingServer,
+                        handler_class=standin._Quiet)
+    nova.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    ident = cloud.conn.identity
+    compute = ident.create_service(name="nova", type="compute", enabled=True)
+    endpoint = ident.create_endpoint(service_id=compute.id, interface="public",
+                                     url=f"{nova.base}/v2.1", region_id="RegionOne")
+    try:
+        image = cloud.upload(make_raw(tmp_path / "old.raw", MiB, pattern(MiB, 21)), "raw",
+                             "centos-7")
+        kernel = cloud.upload(make_raw(tmp_path / "vmlinuz", MiB, pattern(MiB, 22)), "raw",
+                              "centos-7-kernel")
+        fetch_json(node, image.id, kernel.id)
+        for img in (image, kernel):
+            _age(node.base(img.id), 30 * DAY)
+        vm = standin.server("7d2b64c8-1f0e-4bb2-9a55-3f1f1c2f0f10", "node-1", "SHUTOFF",
+                            "stopped", None, image.id)
+        vm["OS-EXT-SRV-ATTR:kernel_id"] = kernel.id
+        nova.servers = [vm]
+        cloud.conn.image.delete_image(image.id)
+        cloud.conn.image.delete_image(kernel.id)
+        nova_node = make_node(tmp_path / "n", "nova_api_cloud = admin\n")
+        nova_node.conf.write_text(nova_node.conf.read_text().replace(
+            "usage_sources =\n", "usage_sources = nova-api\n").replace(
+            str(nova_node.instances), str(node.instances)))
+
+        plan = _plan(nova_node)
+        for img, role in ((image, ""), (kernel, " as its kernel")):
+            d = plan[image_hash(img.id)]
+            assert d["verdict"] == "last-copy", d["reason"]
+            assert d["image"]["status"] == "deleted"
+            assert d["named_by"] == [f"instance {vm['id']} (SHUTOFF) on node-1{role}"]
+            assert f"novakeeper cache release {img.id}" in d["reason"]
+        clean = nova_node.cli("cache", "clean", "--yes", "--json")
+        assert clean.returncode == 0, clean.stderr
+        assert node.names() == {image_hash(image.id), image_hash(kernel.id)}
+
+        released = nova_node.cli("cache", "release", image.id, "--note", "rebuilt")
+        assert released.returncode == 0, released.stderr
+        plan = _plan(nova_node)
+        assert plan[image_hash(image.id)]["verdict"] == "remove"
+        assert plan[image_hash(kernel.id)]["verdict"] == "last-copy"
+        clean = nova_node.cli("cache", "clean", "--yes", "--json")
+        assert clean.returncode == 0, clean.stderr
+        assert node.names() == {image_hash(kernel.id)}
+    finally:
+        ident.delete_endpoint(endpoint)
+        ident.delete_service(compute)
+        httpd.shutdown()
