@@ -461,3 +461,79 @@ def test_a_last_copy_an_instance_names_is_kept_until_released(
         ident.delete_endpoint(endpoint)
         ident.delete_service(compute)
         httpd.shutdown()
+
+
+class FlakyHop:
+    """A forwarding hop in front of the real Glance that answers the first `allow`
+    requests through Glance and 503 after that: Glance going away mid-listing, at a
+    known request rather than at a random moment."""
+
+    def __init__(self, target: str, allow: int) -> None:
+        self.target, self.allow = target, allow
+        self.seen: list[str] = []
+
+    def __call__(self, environ: dict[str, Any], start: Any) -> list[bytes]:
+        import urllib.error
+        import urllib.request
+
+        path = environ["PATH_INFO"] + (f"?{environ['QUERY_STRING']}"
+                                       if environ.get("QUERY_STRING") else "")
+        self.seen.append(path)
+        if len(self.seen) > self.allow:
+            start("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"glance went away"]
+        headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items()
+                   if k.startswith("HTTP_") and k != "HTTP_HOST"}
+        req = urllib.request.Request(self.target + path, headers=headers,
+                                     method=environ["REQUEST_METHOD"])
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                status, body, got = resp.status, resp.read(), resp.headers
+        except urllib.error.HTTPError as exc:
+            status, body, got = exc.code, exc.read(), exc.headers
+        body = body.replace(self.target.encode(), self.base.encode())  # next links
+        start(f"{status} X", [(k, v) for k, v in got.items()
+                              if k.lower() not in ("content-length", "connection",
+                                                   "transfer-encoding")]
+              + [("Content-Length", str(len(body)))])
+        return [body]
+
+    base = ""
+
+
+def test_glance_failing_in_the_middle_of_a_refresh_means_unknown(
+        node: Node, cloud: Cloud, tmp_path: Path) -> None:
+    """Glance answers the version document and the first page of the listing, then goes
+    away: the refresh fails half-way, and an image it had deleted is `unknown`, not
+    deleted, for that pass."""
+    import threading
+    from wsgiref.simple_server import make_server
+
+    made = [cloud.upload(make_raw(tmp_path / f"half{i}.raw", MiB, pattern(MiB, 31 + i)),
+                         "raw", f"half-{i}") for i in range(3)]
+    fetch_json(node, made[0].id)
+    _age(node.base(made[0].id), 2 * HOUR)
+    cloud.conn.image.delete_image(made[0].id)
+    assert _plan(node)[image_hash(made[0].id)]["image"]["status"] == "deleted"
+
+    standin = _nova_standin()
+    hop = FlakyHop(cloud.glance.url, allow=2)
+    httpd = make_server("127.0.0.1", 0, hop, server_class=standin._ThreadingServer,
+                        handler_class=standin._Quiet)
+    hop.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    real = cloud.glance.port
+    cloud.glance.port = httpd.server_address[1]
+    cloud.register()  # the catalog now points at the hop
+    try:
+        plan = _plan(node)
+    finally:
+        cloud.glance.port = real
+        cloud.register()
+        httpd.shutdown()
+    assert any(p.startswith("/v2/images?") for p in hop.seen[:hop.allow]), hop.seen
+    assert hop.seen[hop.allow].startswith("/v2/images?"), hop.seen  # mid-listing: a page
+    d = plan[image_hash(made[0].id)]
+    assert d["image"]["status"] == "unknown" and d["verdict"] == "too-young"
+    assert any(n.startswith("Glance: ") and "unknown" in n for n in plan[""]["notes"])
+    assert _plan(node)[image_hash(made[0].id)]["image"]["status"] == "deleted"
