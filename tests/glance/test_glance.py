@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -537,3 +539,21 @@ def test_glance_failing_in_the_middle_of_a_refresh_means_unknown(
     assert d["image"]["status"] == "unknown" and d["verdict"] == "too-young"
     assert any(n.startswith("Glance: ") and "unknown" in n for n in plan[""]["notes"])
     assert _plan(node)[image_hash(made[0].id)]["image"]["status"] == "deleted"
+
+
+def test_a_terminal_gets_a_progress_bar(node: Node, cloud: Cloud, tmp_path: Path) -> None:
+    """On a terminal (script(1) gives the fetch a pseudo-terminal) the download draws a
+    progress bar on stderr; without one (every other test) it draws nothing."""
+    if not shutil.which("script"):
+        pytest.skip("no script(1) (util-linux) to give the fetch a terminal")
+    img = cloud.upload(make_raw(tmp_path / "tty.raw", 4 * MiB, pattern(4 * MiB, 41)), "raw",
+                       "tty")
+    cmd = shlex.join([sys.executable, "-m", "novakeeper", "--config-file", str(node.conf),
+                      "cache", "fetch", "--rate-limit", "8", img.id])
+    proc = subprocess.run(["script", "-qefc", cmd, "/dev/null"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "COLUMNS": "120"})
+    assert proc.returncode == 0, proc.stdout
+    assert "\u2501" in proc.stdout and "4.0/4.0 MiB" in proc.stdout  # the bar, at its end
+    assert f"fetched {img.id}" in proc.stdout
+    quiet = fetch_json(node, img.id)  # no terminal: JSON only, no bar
+    assert quiet["fetched"][0]["action"] == "present"

@@ -41,7 +41,7 @@ class _Bar:
         )
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 DownloadColumn(), TransferSpeedColumn(),
+                                 DownloadColumn(binary_units=True), TransferSpeedColumn(),
                                  TimeRemainingColumn(), console=Console(stderr=True),
                                  transient=True)
         self.task: Any = None
