@@ -557,3 +557,28 @@ def test_a_terminal_gets_a_progress_bar(node: Node, cloud: Cloud, tmp_path: Path
     assert f"fetched {img.id}" in proc.stdout
     quiet = fetch_json(node, img.id)  # no terminal: JSON only, no bar
     assert quiet["fetched"][0]["action"] == "present"
+
+
+def test_a_crashed_fetch_leaves_a_part_the_next_fetch_replaces(node: Node, cloud: Cloud,
+                                                               tmp_path: Path) -> None:
+    """SIGKILL mid-download (no cleanup can run): the `.part` stays, `plan` calls it a
+    download in progress until stale_partial_seconds, and the next fetch of the image,
+    under nova's lock, removes it and makes the base."""
+    src = make_raw(tmp_path / "crash.raw", 8 * MiB, pattern(8 * MiB, 51))
+    image = cloud.upload(src, "raw", "crash")
+    name = image_hash(image.id)
+    part = node.cache / f"{name}.part"
+    proc = subprocess.Popen([sys.executable, "-m", "novakeeper", "--config-file",
+                             str(node.conf), "cache", "fetch", "--rate-limit", "1", image.id],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not part.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for the download to start, not timing it
+    proc.kill()
+    proc.wait()
+    assert node.names() == {f"{name}.part"}
+    assert _plan(node)[f"{name}.part"]["verdict"] == "downloading"
+    data = fetch_json(node, image.id)
+    assert data["fetched"][0]["action"] == "fetched"
+    assert node.names() == {name}
+    assert node.base(image.id).read_bytes() == src.read_bytes()
