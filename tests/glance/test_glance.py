@@ -466,9 +466,9 @@ def test_a_last_copy_an_instance_names_is_kept_until_released(
 
 
 class FlakyHop:
-    """A forwarding hop in front of the real Glance that answers the first `allow`
-    requests through Glance and 503 after that: Glance going away mid-listing, at a
-    known request rather than at a random moment."""
+    """A forwarding hop in front of the real Glance: the first `allow` requests go
+    through to Glance, every later one gets 502 (a load balancer whose Glance went away),
+    so Glance goes away at a known request rather than at a random moment."""
 
     def __init__(self, target: str, allow: int) -> None:
         self.target, self.allow = target, allow
@@ -482,7 +482,7 @@ class FlakyHop:
                                        if environ.get("QUERY_STRING") else "")
         self.seen.append(path)
         if len(self.seen) > self.allow:
-            start("503 Service Unavailable", [("Content-Type", "text/plain")])
+            start("502 Bad Gateway", [("Content-Type", "text/plain")])
             return [b"glance went away"]
         headers = {k[5:].replace("_", "-").title(): v for k, v in environ.items()
                    if k.startswith("HTTP_") and k != "HTTP_HOST"}
