@@ -376,3 +376,28 @@ def test_unreadable_config_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[DEFAULT]\n")
     os.chmod(path, 0)
     assert config_error([path]) == f"{path}: permission denied"
+
+
+# -- nova's disk options (disk report's scheduler view) ------------------------------
+
+
+def test_disk_options_default_as_novas(tmp_path: Path) -> None:
+    conf = settings.load([write(tmp_path, "[DEFAULT]\n")])
+    assert conf.disk_allocation_ratio == 1.0 and conf.reserved_host_disk_mb == 0
+
+
+@pytest.mark.parametrize(("text", "ratio"), [
+    ("disk_allocation_ratio = 1.5\n", 1.5),
+    # unset: what nova gives placement at first, initial_disk_allocation_ratio
+    ("initial_disk_allocation_ratio = 2.0\n", 2.0),
+    ("disk_allocation_ratio = 0.9\ninitial_disk_allocation_ratio = 2.0\n", 0.9),
+])
+def test_disk_allocation_ratio_is_read(tmp_path: Path, text: str, ratio: float) -> None:
+    conf = settings.load([write(tmp_path, "[DEFAULT]\nreserved_host_disk_mb = 2048\n" + text)])
+    assert conf.disk_allocation_ratio == ratio and conf.reserved_host_disk_mb == 2048
+
+
+@pytest.mark.parametrize("text", ["reserved_host_disk_mb = -1", "disk_allocation_ratio = x"])
+def test_bad_disk_options_are_one_line_errors(tmp_path: Path, text: str) -> None:
+    message = config_error([write(tmp_path, f"[DEFAULT]\n{text}\n")])
+    assert text.split(" = ")[0] in message

@@ -194,15 +194,20 @@ class Expected:
         return ((self.free / GIB) * GIB - self.over_commit) / GIB
 
 
-def expected(node: Node) -> Expected:
+def expected(node: Node, by_domain: bool = False) -> Expected:
+    """Without `by_domain`, as the report counts instance folders; with it, as nova
+    counts the domains `node.domains` describes (D's ephemeral disk is missing)."""
     st = os.statvfs(node.instances)
     per: dict[str, int] = {}
     growth = 0
     for uuid, disks in node.domains.items():
         figures = [over_commit(p) for p in disks if os.path.exists(p)]
         growth += sum(max(0, x) for x in figures)  # a disk that exists can grow
-        # nova's ENOENT handler: a domain with a missing disk adds nothing at all
-        per[uuid] = sum(figures) if len(figures) == len(disks) else 0
+        if by_domain:
+            # nova's ENOENT handler: a domain with a missing disk adds nothing at all
+            per[uuid] = sum(figures) if len(figures) == len(disks) else 0
+        else:  # the folder view: the disks that are there
+            per[uuid] = sum(figures)
     return Expected(st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize,
                     (st.f_blocks - st.f_bfree) * st.f_frsize, sum(per.values()), growth, per)
 

@@ -12,7 +12,14 @@ from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import pytest
-from _disk_sandbox import UUID, Node, build_node, loopfs, qemu_io_write  # noqa: F401
+from _disk_sandbox import (  # noqa: F401  (loopfs: fixture)
+    UUID,
+    Node,
+    build_node,
+    expected,
+    loopfs,
+    qemu_io_write,
+)
 from _nova import run_nova_resources
 
 from _cli_tree import run_cli
@@ -86,6 +93,13 @@ def test_report_counts_over_the_domains_as_nova_does(loopfs: Path,  # noqa: F811
     assert hand_disk["declared_format"] == "raw" and hand_disk["format"] == "qcow2"
     assert hand_disk["over_commit"] == st.st_size - st.st_blocks * 512
     assert any(f["code"] == "folders-without-domain" for f in ours["findings"])
+    d = rows[UUID.format(0xD, 0xD)]  # its domain names a disk.local that is gone
+    assert d["missing_disks"] == ["disk.local"] and d["over_commit"] == 0
+    assert d["growth"] > 0  # the disk that is there can still grow
+    assert any(f["code"] == "missing-disks" for f in ours["findings"])
+    want = expected(node, by_domain=True)
+    for uuid, oc in want.per_instance.items():
+        assert rows[uuid]["over_commit"] == oc, uuid
 
     nova = side_venv_python("nova", "NOVAKEEPER_NOVA_VENV")
     theirs = run_nova_resources(nova, node.instances, domains)

@@ -112,7 +112,8 @@ class InstanceRow:
     folder: str
     disks: tuple[DiskRow, ...]
     missing: tuple[str, ...] = ()
-    """Disks its disk.info names that do not exist: nova counts the instance as 0."""
+    """Disks its libvirt domain names that do not exist (libvirt source on): nova counts
+    the instance as 0."""
     unknown: int = 0
     over_commit: int = 0
     """What nova adds for this instance: 0 when a disk is missing or unreadable (nova's
@@ -383,8 +384,7 @@ def instance_rows(inventory: Inventory, folders: Mapping[str, FolderScan],
                                      survey.unreadable.get(problem.path, 0), None,
                                      note=problem.detail))
         disk_rows.sort(key=lambda d: d.name)
-        rows.append(InstanceRow.of(scan.instance, path, tuple(disk_rows),
-                                   survey.missing.get(path, ())))
+        rows.append(InstanceRow.of(scan.instance, path, tuple(disk_rows)))
     return rows
 
 

@@ -122,10 +122,10 @@ def missing_disks(r: DiskReport) -> Finding | None:
     more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
     return _finding(
         "missing-disks", "warning",
-        f"{len(rows)} instance(s) lack a disk their disk.info names: {names}{more}; nova "
-        "counts such an instance's over-commit as 0",
-        "check these instances (`openstack server show`); a rescue or a failed spawn "
-        "leaves such entries",
+        f"{len(rows)} instance(s) lack a disk their libvirt domain names: {names}{more}; "
+        "nova counts such an instance's over-commit as 0 (and the guest cannot start)",
+        "check these instances (`openstack server show`, `virsh domblklist`); restore "
+        "the disk or rebuild the instance",
         instances=len(rows))
 
 

@@ -11,13 +11,11 @@ from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 
 from novakeeper.cache.inventory import (
-    DISK_INFO_LIMIT,
     FolderKind,
     FolderScan,
     Inventory,
     Problem,
     ProblemCode,
-    announced_missing,
 )
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.images.probe import ProbeError, ProbeErrorKind, probe
@@ -105,9 +103,6 @@ class Survey:
     other: Mapping[str, int]
     """Category (Other.ALL) -> allocated bytes of files that are not counted disks, the
     files directly in instances_path and in its locks/ folder included."""
-    missing: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    """Instance folder -> disks its disk.info announces that do not exist (finished
-    folders only)."""
     unreadable: Mapping[str, int] = field(default_factory=dict)
     """Path of a disk that could not be read -> its allocated bytes (0 if even lstat failed)."""
     counted: Mapping[str, Counted] = field(default_factory=dict)
@@ -162,54 +157,25 @@ def counted_in(folder: FolderScan) -> Counted:
     return names, bad
 
 
-def folder_facts(folder: FolderScan, skip: Container[str], other: dict[str, int]
-                 ) -> tuple[str, ...]:
+def folder_facts(folder: FolderScan, skip: Container[str], other: dict[str, int]) -> None:
     """Adds the bytes of every entry that is not a counted disk (`skip`) to `other`, by
     category (a `_del` or `_resize` folder counts whole: its disks are leftovers, not a
-    domain's). Returns the disks a finished instance folder's disk.info names that do not
-    exist: disk.info is read once, for its size and those names."""
-    kind = folder.kind
-    entries = folder.entries
-    finished = kind in INSTANCE_KINDS and "console.log" in entries
-    whole = {FolderKind.DELETED: Other.DELETED, FolderKind.RESIZE: Other.RESIZE}.get(kind)
-    missing: tuple[str, ...] = ()
+    domain's)."""
+    whole = {FolderKind.DELETED: Other.DELETED,
+             FolderKind.RESIZE: Other.RESIZE}.get(folder.kind)
     prefix = folder.path + "/"
-    for name in entries:
+    for name in folder.entries:
         if name in skip:
             continue
         path = prefix + name
-        if finished and name == "disk.info":
-            size, raw = _read_small(path)
-            if raw is not None:
-                missing = tuple(sorted(n for n in announced_missing(raw, entries)
-                                       if counted_disk(n)))
-        else:
-            try:
-                st = os.lstat(path)
-            except OSError:
-                continue  # gone since the scan
-            size = st.st_blocks * 512
-            if stat.S_ISDIR(st.st_mode):
-                size += _tree_bytes(path)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue  # gone since the scan
+        size = st.st_blocks * 512
+        if stat.S_ISDIR(st.st_mode):
+            size += _tree_bytes(path)
         other[whole or _category(name)] += size
-    return missing
-
-
-def _read_small(path: str) -> tuple[int, bytes | None]:
-    """(allocated bytes, content) of a small file, in one open."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        return _allocated(path), None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return st.st_blocks * 512, None
-        return st.st_blocks * 512, os.read(fd, DISK_INFO_LIMIT)
-    except OSError:
-        return 0, None
-    finally:
-        os.close(fd)
 
 
 def _tree_bytes(path: str) -> int:
@@ -247,7 +213,6 @@ def survey(inventory: Inventory, folders: Mapping[str, FolderScan],
     fs = FileSystem.of(inventory.instances_path)
     cache_fs = FileSystem.of(inventory.cache_real_path)
     other = dict.fromkeys(Other.ALL, 0)
-    missing: dict[str, tuple[str, ...]] = {}
     unreadable: dict[str, int] = {}
     counted: dict[str, Counted] = {}
     for path, scan in folders.items():
@@ -256,11 +221,9 @@ def survey(inventory: Inventory, folders: Mapping[str, FolderScan],
             counted[path] = found
             for problem in bad.values():
                 unreadable[problem.path] = _allocated(problem.path)
-            gone = folder_facts(scan, {*names, *bad}, other)
+            folder_facts(scan, {*names, *bad}, other)
         else:
-            gone = folder_facts(scan, (), other)
-        if gone:
-            missing[path] = gone
+            folder_facts(scan, (), other)
     other[Other.OTHER] += _top_level(inventory.instances_path)
     outside: dict[str, DiskFacts | str | None] = {}
     if domains is not None:
@@ -271,4 +234,4 @@ def survey(inventory: Inventory, folders: Mapping[str, FolderScan],
                 if (disk.kind == "file" and disk.path and disk.path not in scanned
                         and disk.path not in outside):
                     outside[disk.path] = disk_facts(disk.path)
-    return Survey(fs, cache_fs, other, missing, unreadable, counted, domains, outside)
+    return Survey(fs, cache_fs, other, unreadable, counted, domains, outside)
