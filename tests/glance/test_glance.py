@@ -582,3 +582,20 @@ def test_a_crashed_fetch_leaves_a_part_the_next_fetch_replaces(node: Node, cloud
     assert data["fetched"][0]["action"] == "fetched"
     assert node.names() == {name}
     assert node.base(image.id).read_bytes() == src.read_bytes()
+
+
+def test_fetch_waits_for_novas_lock(node: Node, images: Images) -> None:
+    """While nova holds `nova-<sha1>` (oslo.concurrency, as nova's Image.cache takes it),
+    a fetch does not start; with --lock-wait 0 it says so and leaves nothing."""
+    from oslo_concurrency import lockutils
+
+    name = image_hash(images.raw.id)
+    lock = lockutils.external_lock(name, lock_file_prefix="nova-",
+                                   lock_path=str(node.instances / "locks"))
+    assert lock.acquire(blocking=True, timeout=10)
+    try:
+        line = _fails(node, ExitCode.BUSY, "--lock-wait", "0", images.raw.id)
+        assert f"nova holds its lock {node.instances / 'locks' / ('nova-' + name)}" in line
+    finally:
+        lock.release()
+    assert fetch_json(node, images.raw.id)["fetched"][0]["action"] == "fetched"
