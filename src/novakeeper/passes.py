@@ -9,7 +9,7 @@ import gc
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -157,7 +157,8 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
                     entry.path, entry.run, entry.outcome)
     used = used if used is not None else Usage()
     all_pins = tuple(settings.pins) + tuple(db_pins)
-    images = glance_catalog(settings, state, now, all_pins)
+    images = glance_catalog(settings, state, now, all_pins,
+                            {b.image_hash for b in inventory.bases if b.image_hash})
     if images is not None:
         notes.extend(images.notes())
     observed = Observed(fs=fs, fs_error=fs_error, last_used=usage.last_used_map(records),
@@ -170,7 +171,8 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
 
 
 def glance_catalog(settings: Settings, state: StateDB | None, now: float,
-                   all_pins: Sequence[pins.Pin] = ()) -> catalog.Catalog | None:
+                   all_pins: Sequence[pins.Pin] = (),
+                   wanted: Collection[str] | None = None) -> catalog.Catalog | None:
     """Glance's word on the images of this cache ([novakeeper] glance_images), refreshed
     at most every glance_refresh_seconds; None when image naming is off."""
     if not settings.glance.enabled:
@@ -180,7 +182,7 @@ def glance_catalog(settings: Settings, state: StateDB | None, now: float,
     pinned = {p.hash: p.value for p in all_pins  # an id, not a cache hash
               if p.kind == "image" and p.hash and p.hash != p.value}
     return catalog.refresh(state, lambda: Glance(settings.glance.cloud), now,
-                           settings.glance.refresh_seconds, pinned)
+                           settings.glance.refresh_seconds, pinned, wanted=wanted)
 
 
 # Problems --ignore-unreadable stops from holding files: doubt about what a disk uses.

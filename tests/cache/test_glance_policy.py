@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from _tree import DAY, HOUR, MiB, Node, by_name, sha1
 
 from novakeeper.cache.budget import BudgetConfig
@@ -138,3 +140,37 @@ def test_cache_release_records_and_takes_back(tmp_path: Path) -> None:
     assert again.returncode == 2 and again.stderr.strip() == (
         "novakeeper: error: img-1 is not released")
     assert cli(" ").returncode == 2
+
+
+def test_a_fresh_stored_catalog_answers_without_glance(tmp_path: Path) -> None:
+    """Within glance_refresh_seconds the state database answers, for the cache's hashes
+    only; an image id learned since (a fetch, a pin) makes the pass ask Glance again."""
+    from novakeeper.images import catalog
+
+    def never() -> Any:
+        raise AssertionError("Glance was asked")
+
+    db = open_state(str(tmp_path / "state.db"), write=True)
+    try:
+        with db.write() as conn:
+            conn.executemany(
+                "INSERT INTO glance_images (hash, image_id, name, status, checked_at) "
+                "VALUES (?, ?, ?, ?, 0)",
+                [(sha1(f"img-{i}"), f"img-{i}", f"name-{i}", "active") for i in range(50)])
+            conn.execute("INSERT INTO glance_refresh (id, at, ok, sees_all) VALUES "
+                         "(1, 1000, 1, 1)")
+        cat = catalog.refresh(db, never, 1000 + 599, 600,
+                              wanted={sha1("img-3"), sha1("not-listed")})
+        assert set(cat.by_hash) == {sha1("img-3")} and not cat.asked
+        assert cat.by_hash[sha1("img-3")].name == "name-3"
+        with pytest.raises(AssertionError, match="Glance was asked"):
+            catalog.refresh(db, never, 1000 + 600, 600)  # the interval is over
+        with pytest.raises(AssertionError, match="Glance was asked"):  # a pin's id
+            catalog.refresh(db, never, 1000 + 1, 600, extra_ids={sha1("new"): "new"})
+        with db.write() as conn:  # an id learned by `cache fetch` or `cache verify`
+            conn.execute("INSERT INTO image_ids VALUES (?, 'fresh', 'fetch', 0)",
+                         (sha1("fresh"),))
+        with pytest.raises(AssertionError, match="Glance was asked"):
+            catalog.refresh(db, never, 1000 + 1, 600)
+    finally:
+        db.close()

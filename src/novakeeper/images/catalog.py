@@ -20,9 +20,10 @@ one deleted before novakeeper first listed): it is judged by nova's rules alone.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -124,24 +125,54 @@ def _unknown(by_hash: Mapping[str, ImageFacts]) -> dict[str, ImageFacts]:
     return {h: replace(f, status=UNKNOWN) for h, f in by_hash.items()}
 
 
+def _fresh(state: StateDB, now: float, interval: float, extra_ids: Mapping[str, str],
+           wanted: Collection[str] | None) -> Catalog | None:
+    """The stored answer, when it is younger than `interval` and knows every image id
+    novakeeper learned; only the images of `wanted` hashes (the cache's) are loaded."""
+    meta = state.conn.execute("SELECT * FROM glance_refresh WHERE id = 1").fetchone()
+    if meta is None or not meta["ok"] or not 0 <= now - meta["at"] < interval:
+        return None
+    unknown = state.conn.execute(
+        "SELECT COUNT(*) FROM image_ids WHERE hash NOT IN (SELECT hash FROM glance_images)"
+    ).fetchone()[0]
+    if unknown:
+        return None
+    if extra_ids:
+        have = {r[0] for r in state.conn.execute(
+            "SELECT hash FROM glance_images WHERE hash IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(extra_ids)),))}
+        if set(extra_ids) - have:
+            return None
+    if wanted is None:
+        rows = state.conn.execute("SELECT * FROM glance_images").fetchall()
+    else:
+        rows = state.conn.execute(
+            "SELECT * FROM glance_images WHERE hash IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(wanted)),)).fetchall()
+    return Catalog({r["hash"]: _row_facts(r) for r in rows}, meta["at"], None,
+                   bool(meta["sees_all"]))
+
+
 def refresh(state: StateDB | None, glance: Callable[[], Glance], now: float,
             interval: float, extra_ids: Mapping[str, str] | None = None,
-            force: bool = False) -> Catalog:
+            force: bool = False, wanted: Collection[str] | None = None) -> Catalog:
     """The catalog for this pass: the stored one while it is younger than `interval`,
     else a new listing (stored when the database is writable). Never raises for Glance:
-    a failed refresh is a catalog whose statuses are all `unknown`, with the reason."""
+    a failed refresh is a catalog whose statuses are all `unknown`, with the reason.
+    `wanted`: the image hashes the pass needs (the stored answer is read for those only)."""
     old: dict[str, ImageFacts] = {}
     meta = None
     ids: dict[str, str] = dict(extra_ids or {})
     if state is not None:
         try:
+            if not force:
+                fresh = _fresh(state, now, interval, ids, wanted)
+                if fresh is not None:
+                    return fresh
             old, meta = stored(state)
             ids.update(known_ids(state))
         except sqlite3.Error as exc:
             LOG.warning("State database %s: %s; asking Glance", state.path, exc)
-    if (not force and meta is not None and meta["ok"] and 0 <= now - meta["at"] < interval
-            and all(h in old for h in ids)):
-        return Catalog(old, meta["at"], None, bool(meta["sees_all"]))
     from novakeeper.integrity.glance import GlanceError
 
     client = glance()
