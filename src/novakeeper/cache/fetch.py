@@ -175,7 +175,7 @@ def check_space(cache_path: str, image: GlanceImage, final: int | None, converti
 def supports_direct_io(folder: str) -> bool:
     """nova.privsep.utils.supports_direct_io: can a file here be written with O_DIRECT?
     (tmpfs cannot): picks qemu-img's cache mode, `none` or `writeback`."""
-    test = os.path.join(folder, f".novakeeper-directio.{os.getpid()}")
+    test = os.path.join(folder, f".novakeeper-directio.{os.getpid()}.test")
     fd = -1
     try:
         fd = os.open(test, os.O_CREAT | os.O_WRONLY | os.O_DIRECT, 0o600)
@@ -373,7 +373,9 @@ def fetch(image_id: str, cache_path: str, glance: Glance, locks: NovaLocks,
                 raise _fail(ExitCode.FETCH_FAILED, f"image {image.id}: content is {fmt}, "
                             f"Glance says {image.disk_format}: unacceptable, as for nova")
             if converting:
-                mode = "none" if supports_direct_io(cache_path) else "writeback"
+                # nova tests instances_path, not the cache folder (no stray name there)
+                mode = ("none" if supports_direct_io(os.path.dirname(cache_path))
+                        else "writeback")
                 proc = subprocess.run(
                     ["qemu-img", "convert", "-t", mode, "-O", "raw", "-f", fmt, part,
                      converted], capture_output=True, text=True, timeout=QEMU_IMG_TIMEOUT,
