@@ -524,6 +524,13 @@ from novakeeper.doctor.commands import doctor  # noqa: E402
 global_options(doctor)
 cli.add_command(doctor)
 
+from novakeeper.cache.glance_commands import fetch, release  # noqa: E402
+
+global_options(fetch)
+global_options(release)
+cache.add_command(fetch)
+cache.add_command(release)
+
 from novakeeper.fleet.commands import fleet  # noqa: E402
 
 cli.add_command(fleet)

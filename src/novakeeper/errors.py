@@ -23,6 +23,14 @@ class ExitCode(IntEnum):
     CORRUPT = 12  # cache verify: a base's checksum does not match its record or Glance
     DOCTOR_WARN = 20  # doctor: the worst finding is a WARN
     DOCTOR_FAIL = 21  # doctor: at least one finding is a FAIL
+    # cache fetch (30-36): nothing is left in the cache after any of these
+    GLANCE = 30  # Glance (or Keystone) could not be reached or refused the request
+    IMAGE_UNKNOWN = 31  # no such image in Glance
+    IMAGE_NOT_ACTIVE = 32  # the image is queued, saving, killed, deactivated, ...
+    HASH_MISMATCH = 33  # the download does not match os_hash_value / checksum: discarded
+    NO_SPACE = 34  # not enough free space or cache budget for the image (checked first)
+    NAME_CONFLICT = 35  # the base's name exists but is another file (or not a file)
+    FETCH_FAILED = 36  # unsupported format, unacceptable content, qemu-img or write error
 
 
 class NovakeeperError(Exception):

@@ -9,7 +9,7 @@ import gc
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -22,10 +22,10 @@ from novakeeper.cache.policy import Observed, decide, recheck
 from novakeeper.cache.storage import read_registry
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.gcpause import cyclic_gc_paused
-from novakeeper.images import crosscheck
+from novakeeper.images import catalog, crosscheck
 from novakeeper.integrity import state as integrity_state
 from novakeeper.settings import Settings
-from novakeeper.state import journal, pins, usage
+from novakeeper.state import journal, pins, releases, usage
 from novakeeper.state.db import StateDB, open_state
 from novakeeper.usage.base import UsageSource
 from novakeeper.usage.collect import Usage, collect
@@ -134,6 +134,7 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
     records: dict[str, usage.UsageRecord] = {}
     db_pins: list[pins.Pin] = []
     corrupt: dict[str, str] = {}
+    released: dict[str, str] = {}
     if state is not None:
         try:
             if state.writable:
@@ -146,6 +147,7 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
             db_pins = pins.load(state)
             names = {b.name for b in inventory.bases}
             corrupt = {c.name: c.detail for c in integrity_state.corrupt(state, names)}
+            released = releases.load(state)
         except sqlite3.Error as exc:
             note = f"state database {state.path}: {exc}; planning without it"
             LOG.warning("%s", note)
@@ -154,11 +156,33 @@ def observe(settings: Settings, inventory: Inventory, state: StateDB | None, now
         LOG.warning("Journal: removal of %s by run %s was interrupted; settled as %s",
                     entry.path, entry.run, entry.outcome)
     used = used if used is not None else Usage()
+    all_pins = tuple(settings.pins) + tuple(db_pins)
+    images = glance_catalog(settings, state, now, all_pins,
+                            {b.image_hash for b in inventory.bases if b.image_hash})
+    if images is not None:
+        notes.extend(images.notes())
     observed = Observed(fs=fs, fs_error=fs_error, last_used=usage.last_used_map(records),
-                        pins=pins.Pins(tuple(settings.pins) + tuple(db_pins)),
+                        pins=pins.Pins(all_pins),
                         notes=tuple(notes), sightings=used.sightings,
-                        source_errors=tuple(used.errors), corrupt=corrupt)
+                        source_errors=tuple(used.errors), corrupt=corrupt,
+                        images=images.by_hash if images is not None else {},
+                        released=released)
     return observed, reconciled
+
+
+def glance_catalog(settings: Settings, state: StateDB | None, now: float,
+                   all_pins: Sequence[pins.Pin] = (),
+                   wanted: Collection[str] | None = None) -> catalog.Catalog | None:
+    """Glance's word on the images of this cache ([novakeeper] glance_images), refreshed
+    at most every glance_refresh_seconds; None when image naming is off."""
+    if not settings.glance.enabled:
+        return None
+    from novakeeper.integrity.glance import Glance
+
+    pinned = {p.hash: p.value for p in all_pins  # an id, not a cache hash
+              if p.kind == "image" and p.hash and p.hash != p.value}
+    return catalog.refresh(state, lambda: Glance(settings.glance.cloud), now,
+                           settings.glance.refresh_seconds, pinned, wanted=wanted)
 
 
 # Problems --ignore-unreadable stops from holding files: doubt about what a disk uses.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from oslo_config import cfg, types
@@ -51,6 +51,8 @@ DEFAULT_OPTS: list[cfg.Opt] = [
                  help="nova's DISK_GB allocation ratio; unset: initial_disk_allocation_ratio."),
     cfg.FloatOpt("initial_disk_allocation_ratio", default=1.0, min=0.0,
                  help="nova's allocation ratio when disk_allocation_ratio is unset."),
+    cfg.BoolOpt("force_raw_images", default=True,
+                help="nova's: `cache fetch` converts non-raw images to raw, as nova does."),
 ]
 
 IMAGE_CACHE_OPTS: list[cfg.Opt] = [
@@ -120,6 +122,17 @@ NOVAKEEPER_OPTS: list[cfg.Opt] = [
     cfg.FloatOpt("verify_rate_limit", default=0.0, min=0,
                  help="MB/s (MiB) verification may read, so it never starves running "
                       "instances of disk I/O; 0: unlimited."),
+    cfg.BoolOpt("glance_images", default=False,
+                help="Name every base by its Glance image and act on deleted/deactivated "
+                     "images (needs Glance credentials)."),
+    cfg.StrOpt("glance_cloud",
+               help="clouds.yaml cloud for Glance (default: nova_api_cloud, else OS_*)."),
+    cfg.IntOpt("glance_refresh_seconds", default=600, min=0,
+               help="How long Glance's image listing is reused before asking again."),
+    cfg.IntOpt("deleted_image_min_age_seconds", default=3600, min=0,
+               help="Unused bases of images deleted or deactivated in Glance go after this."),
+    cfg.FloatOpt("fetch_rate_limit", default=0.0, min=0,
+                 help="MB/s (MiB) `cache fetch` downloads at most; 0: unlimited."),
     cfg.IntOpt("verify_files_per_pass", default=2, min=0,
                help="Base files the service verifies each pass, least recently verified "
                     "first; 0: none."),
@@ -138,6 +151,17 @@ OPT_GROUPS: tuple[tuple[str, list[cfg.Opt]], ...] = (
     ("libvirt", LIBVIRT_OPTS),
     ("novakeeper", NOVAKEEPER_OPTS),
 )
+
+
+@dataclass(frozen=True)
+class GlanceSettings:
+    """Image naming (images/catalog.py) and `cache fetch` (cache/fetch.py)."""
+
+    enabled: bool = False
+    cloud: str | None = None
+    refresh_seconds: int = 600
+    force_raw_images: bool = True
+    fetch_rate_limit: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +190,7 @@ class Settings:
     disk_allocation_ratio: float = 1.0
     """[DEFAULT] disk_allocation_ratio, or initial_disk_allocation_ratio when unset (as
     nova's resource tracker reports DISK_GB to placement)."""
+    glance: GlanceSettings = field(default_factory=lambda: GlanceSettings())
 
     @property
     def cache_path(self) -> str:
@@ -311,6 +336,7 @@ def load(
             spawn_hold_seconds=nk["spawn_hold_seconds"],
             budget=budget,
             trash_grace_seconds=nk["trash_grace_seconds"],
+            deleted_image_min_age_seconds=nk["deleted_image_min_age_seconds"],
         ),
         touch_in_use=nk["touch_in_use"],
         config_files=tuple(files),
@@ -327,6 +353,11 @@ def load(
         verify_files_per_pass=nk["verify_files_per_pass"],
         reserved_host_disk_mb=values["DEFAULT"]["reserved_host_disk_mb"],
         disk_allocation_ratio=_disk_allocation_ratio(values["DEFAULT"]),
+        glance=GlanceSettings(nk["glance_images"],
+                              nk["glance_cloud"] or nk["nova_api_cloud"] or None,
+                              nk["glance_refresh_seconds"],
+                              values["DEFAULT"]["force_raw_images"],
+                              float(nk["fetch_rate_limit"])),
     )
 
 

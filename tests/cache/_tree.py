@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from conftest import make_qcow2, make_raw
 from novakeeper.cache.executor import Executor, Report
 from novakeeper.cache.inventory import Inventory, Scanner
 from novakeeper.cache.plan import Decision, Plan
-from novakeeper.cache.policy import PolicyConfig, decide
+from novakeeper.cache.policy import Observed, PolicyConfig, decide, recheck
 
 NOW = 1_700_000_000.0
 """The policy's clock in every test: ages are NOW - mtime."""
@@ -158,15 +158,27 @@ class Node:
     config: PolicyConfig | None = None
     """The policy of the last plan: the executor re-checks by the same rules."""
 
-    def plan(self, config: PolicyConfig | None = None, now: float = NOW) -> Plan:
+    observed: Observed | None = None
+    """What the last plan observed besides the inventory: the re-check reads it too."""
+
+    def plan(self, config: PolicyConfig | None = None, now: float = NOW,
+             observed: Observed | None = None) -> Plan:
         inventory = self.scan()
         self.config = config or PolicyConfig()
-        return decide(inventory, self.config, now)
+        self.observed = observed
+        return decide(inventory, self.config, now, observed)
 
     def execute(self, plan: Plan, touch_in_use: bool = True) -> Report:
         assert self.scanner is not None and self.inventory is not None, "plan first"
+        rejudge = None
+        if self.observed is not None:
+            config, observed = self.config or PolicyConfig(), self.observed
+
+            def rejudge(inv: Inventory, now: float, ds: Sequence[Decision]
+                        ) -> dict[str, str | None]:
+                return recheck(inv, config, now, observed, ds)
         return Executor(self.scanner, self.inventory, plan, touch_in_use,
-                        config=self.config).run()
+                        config=self.config, rejudge=rejudge).run()
 
 
 def by_name(plan: Plan) -> dict[str, Decision]:

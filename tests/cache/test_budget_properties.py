@@ -19,6 +19,7 @@ from _inventory_data import DAY, HOUR, KiB, MiB, base_file, inventory, sha1
 from novakeeper.cache.budget import BudgetConfig, FsUsage, measure, watermarks
 from novakeeper.cache.plan import Verdict
 from novakeeper.cache.policy import Observed, PolicyConfig, decide, recheck
+from novakeeper.images.catalog import ImageFacts
 from novakeeper.state.pins import Pin, Pins
 
 NOW = 1_700_000_000.0
@@ -35,6 +36,8 @@ class Spec:
     pinned: str | None  # None, "image" or "file"
     held: bool
     nlink: int
+    gone: str | None = None
+    """Its image's status in Glance when deleted or deactivated (originals, resized)."""
 
 
 def name_for(i: int, spec: Spec) -> str:
@@ -57,6 +60,7 @@ specs = st.builds(
     pinned=st.sampled_from([None, None, None, "image", "file"]),
     held=st.integers(0, 9).map(lambda n: n == 0),
     nlink=st.sampled_from([1, 1, 1, 1, 2]),
+    gone=st.sampled_from([None, None, "deleted", "deactivated"]),
 )
 
 
@@ -95,7 +99,7 @@ def cases(draw):
 
 def build(items: list[Spec], fs: FsUsage | None):
     bases, users, held, pins = [], {}, [], []
-    last_used = {}
+    last_used, images = {}, {}
     for i, s in enumerate(items):
         name = name_for(i, s)
         bases.append(base_file(name, s.blocks * 4 * KiB, NOW - s.age, nlink=s.nlink))
@@ -103,6 +107,8 @@ def build(items: list[Spec], fs: FsUsage | None):
             users[name] = [f"instance-{i}"]
         if s.held:
             held.append(name)
+        if s.gone and s.kind in ("original", "resized"):
+            images[sha1(f"image-{i}")] = ImageFacts(f"image-{i}", s.gone)
         if s.last_used_age is not None:
             last_used[name] = NOW - s.last_used_age
         if s.pinned == "image" and s.kind in ("original", "resized"):
@@ -111,7 +117,7 @@ def build(items: list[Spec], fs: FsUsage | None):
             pins.append(Pin("file", name, "config"))
     inv = inventory(bases, users, held, scanned_at=NOW)
     observed = Observed(fs=fs, fs_error=None if fs else "statvfs failed",
-                        last_used=last_used, pins=Pins(tuple(pins)))
+                        last_used=last_used, pins=Pins(tuple(pins)), images=images)
     return inv, observed
 
 
@@ -152,11 +158,14 @@ def test_eviction_meets_the_budget_or_reports_the_shortfall(case):
         assert observed.pins.match(d.name, d.kind, d.image_hash) is None, d
     evicted = [d for d in plan.decisions if d.verdict is Verdict.EVICT]
 
-    def key(name: str) -> float:
-        """Last evidence of use: the later of the recorded last use and the mtime."""
+    def key(name: str) -> tuple[bool, float]:
+        """Bases of images gone from Glance first; then the last evidence of use: the
+        later of the recorded last use and the mtime."""
         lu = observed.last_used.get(name)
         mtime = NOW - by_name[name].age
-        return max(mtime, lu if lu is not None else mtime)
+        gone = by_name[name].gone is not None and by_name[name].kind in ("original",
+                                                                         "resized")
+        return (not gone, max(mtime, lu if lu is not None else mtime))
 
     def idle(name: str) -> float:
         lu = observed.last_used.get(name)
@@ -183,7 +192,8 @@ def test_eviction_meets_the_budget_or_reports_the_shortfall(case):
     else:
         assert_met(budget, inv, fs, freed)
 
-    # least recently used first: nothing eligible left behind is older than a chosen one
+    # deleted and deactivated images' bases first, then least recently used first:
+    # nothing eligible left behind comes before a chosen one
     if evicted:
         newest_chosen = max((key(d.name), d.name) for d in evicted)
         for name in set(eligible) - {d.name for d in evicted}:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,8 @@ from hypothesis import strategies as st
 
 from novakeeper.cache.executor import Action
 from novakeeper.cache.policy import Observed, PolicyConfig, recheck
+from novakeeper.images.catalog import GONE, ImageFacts
+from novakeeper.usage.base import Sighting
 
 KINDS = ("original", "resized", "swap", "ephemeral", "partial", "converted", "info")
 PARTIALS = {"partial", "converted", "info"}
@@ -36,6 +38,7 @@ DISK_CLASS = {
 DISK_NAMES = (*DISK_CLASS, "disk.config", "extra.qcow2")
 FOLDER_KINDS = ("uuid", "legacy", "resize", "del")
 MISSING = sha1("never-downloaded")
+STATUSES = ("active", "deleted", "deactivated", "unknown", "queued")
 
 ages = st.one_of(
     st.sampled_from([0, 1, HOUR - 1, HOUR, HOUR + 1, DAY - 1, DAY, DAY + 1]),
@@ -72,6 +75,20 @@ class TreeSpec:
     folders: list[str]
     disks: list[DiskSpec]
     config: PolicyConfig
+    statuses: dict[int, str] = field(default_factory=dict)
+    """Image index -> Glance's status (absent: Glance never listed it)."""
+    named: set[int] = field(default_factory=set)
+    """Images an instance names (the Nova API's sightings)."""
+    released: set[int] = field(default_factory=set)
+
+    def observed(self) -> Observed:
+        images = {sha1(f"image-{i}"): ImageFacts(f"image-{i}", status)
+                  for i, status in self.statuses.items()}
+        # by file name, for the kinds the Nova API's image hashes match (usage/collect.py)
+        seen = {self.bases[i].name: [Sighting("nova-api", f"instance {uuid_for(i + 50)}")]
+                for i in self.named if self.bases[i].kind in ("original", "resized")}
+        released = {sha1(f"image-{i}"): "released" for i in self.released}
+        return Observed(images=images, sightings=seen, released=released)
 
 
 def base_name(kind: str, i: int) -> str:
@@ -114,8 +131,12 @@ def trees(draw: st.DrawFn) -> TreeSpec:
         remove_unused_original_minimum_age_seconds=draw(limits),
         remove_unused_resized_minimum_age_seconds=draw(limits),
         stale_partial_seconds=draw(limits),
+        deleted_image_min_age_seconds=draw(limits),
     )
-    return TreeSpec(bases, mids, folders, disks, config)
+    statuses = draw(st.dictionaries(st.integers(0, n - 1), st.sampled_from(STATUSES)))
+    named = draw(st.sets(st.integers(0, n - 1)))
+    released = draw(st.sets(st.integers(0, n - 1)))
+    return TreeSpec(bases, mids, folders, disks, config, statuses, named, released)
 
 
 class Templates:
@@ -206,9 +227,27 @@ def build(spec: TreeSpec, root: Path, templates: Templates) -> tuple[Node, set[s
 
 
 def expected_verdict(b: BaseSpec, protected: set[str], held: set[str],
-                     config: PolicyConfig) -> str:
+                     config: PolicyConfig, spec: TreeSpec | None = None, i: int = 0) -> str:
+    image_kind = b.kind in ("original", "resized")
+    gone = spec is not None and image_kind and spec.statuses.get(i) in GONE
+    named = spec is not None and image_kind and i in spec.named
+    released = spec is not None and i in spec.released
     if b.name in protected:
         return "in-use"
+    if gone and named and not released:
+        return "last-copy"  # an instance names an image Glance no longer has
+    if named and not (gone and released):
+        return "in-use"  # the Nova API's sighting
+    if b.kind in held:
+        return "held"
+    if not config.remove_unused_base_images:
+        return "kept-by-config"
+    if gone:
+        normal = (config.remove_unused_resized_minimum_age_seconds if b.kind == "resized"
+                  else config.remove_unused_original_minimum_age_seconds)
+        limit = max(min(config.deleted_image_min_age_seconds, normal),
+                    config.spawn_hold_seconds)
+        return "remove" if b.age >= limit else "too-young"
     if b.kind in held:
         return "held"
     if not config.remove_unused_base_images:
@@ -230,11 +269,12 @@ def test_random_trees_never_lose_a_live_base(spec, templates, workdir):
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         node, protected, held = build(spec, Path(tmp), templates)
 
-        plan = node.plan(spec.config)
+        observed = spec.observed()
+        plan = node.plan(spec.config, observed=observed)
         removals = {d.name for d in plan.removals}
         # one judgement: the executor's re-check lets go exactly what the plan removes
         assert node.inventory is not None
-        again = recheck(node.inventory, spec.config, NOW, Observed(), plan.decisions)
+        again = recheck(node.inventory, spec.config, NOW, observed, plan.decisions)
         assert {name for name, why in again.items() if why is None} == removals
         verdict = {d.name: str(d.verdict) for d in plan.decisions}
 
@@ -243,8 +283,13 @@ def test_random_trees_never_lose_a_live_base(spec, templates, workdir):
         # (3) no base of a kind an unreadable disk could use is removed
         assert not {d.kind for d in plan.removals} & held
         # and, more strictly, the whole plan is what the rules say, file by file
-        assert verdict == {b.name: expected_verdict(b, protected, held, spec.config)
-                           for b in spec.bases}
+        assert verdict == {b.name: expected_verdict(b, protected, held, spec.config, spec, i)
+                           for i, b in enumerate(spec.bases)}
+        # (4) Glance's word acts only through the rules above: a last copy and the base
+        # of an image Glance could not answer about ("unknown") are never removed for it
+        for b in spec.bases:
+            if verdict[b.name] == "last-copy":
+                assert b.name not in removals
 
         report = node.execute(plan)
 

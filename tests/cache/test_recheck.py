@@ -14,6 +14,7 @@ from novakeeper.cache.budget import BudgetConfig
 from novakeeper.cache.inventory import Inventory
 from novakeeper.cache.plan import Plan, Verdict
 from novakeeper.cache.policy import Observed, PolicyConfig, decide, recheck
+from novakeeper.images.catalog import ImageFacts
 from novakeeper.state.pins import Pin, Pins
 from novakeeper.usage.base import Sighting
 
@@ -47,11 +48,15 @@ def inventory(tmp_path) -> Inventory:
     node.original("seen", age=OLD)  # in use: another source saw it
     node.base("README", age=OLD)  # unknown
     node.original("evictable", age=OLD, size=1 << 20, data=b"e" * (1 << 16))
+    node.original("lastcopy", age=OLD)  # last-copy: image deleted, an instance names it
+    node.original("deleted", age=2 * 3600)  # remove early: image deleted, unused 2 h
     return node.scan()
 
 
 PINS = Pins((Pin("image", "pinned", "config"),))
-SEEN = {sha1("seen"): [Sighting("open-files", "pid 42 (qemu)")]}
+SEEN = {sha1("seen"): [Sighting("open-files", "pid 42 (qemu)")],
+        sha1("lastcopy"): [Sighting("nova-api", "instance i-1 (ACTIVE) on here")]}
+IMAGES = {sha1(i): ImageFacts(i, "deleted", f"img-{i}") for i in ("lastcopy", "deleted")}
 
 
 @pytest.mark.parametrize("config", [
@@ -63,7 +68,7 @@ SEEN = {sha1("seen"): [Sighting("open-files", "pid 42 (qemu)")]}
 ], ids=["defaults", "keep-by-config", "zero-ages", "budget"])
 def test_every_verdict_path_is_judged_alike(inventory: Inventory, config: PolicyConfig
                                             ) -> None:
-    plan = agrees(inventory, config, Observed(pins=PINS, sightings=SEEN))
+    plan = agrees(inventory, config, Observed(pins=PINS, sightings=SEEN, images=IMAGES))
     seen = {str(d.verdict) for d in plan.decisions}
     assert {"in-use", "held", "pinned", "unknown"} <= seen
     assert seen & {"remove", "evict", "kept-by-config", "too-young"}
@@ -76,9 +81,16 @@ def test_the_paths_are_all_there(inventory: Inventory) -> None:
                    PolicyConfig(remove_unused_original_minimum_age_seconds=100 * DAY,
                                 budget=BudgetConfig(max_cache_size=1,
                                                     eviction_min_age_seconds=0))):
-        plan = agrees(inventory, config, Observed(pins=PINS, sightings=SEEN))
+        plan = agrees(inventory, config, Observed(pins=PINS, sightings=SEEN, images=IMAGES))
         seen |= {str(d.verdict) for d in plan.decisions}
     assert seen == {str(v) for v in Verdict}
+    plan = agrees(inventory, PolicyConfig(), Observed(pins=PINS, sightings=SEEN,
+                                                      images=IMAGES))
+    assert by_name(plan)[sha1("lastcopy")].verdict is Verdict.LAST_COPY
+    assert by_name(plan)[sha1("deleted")].verdict is Verdict.REMOVE  # 2 h, not 24 h
+    released = agrees(inventory, PolicyConfig(), Observed(
+        pins=PINS, sightings=SEEN, images=IMAGES, released={sha1("lastcopy"): "released"}))
+    assert by_name(released)[sha1("lastcopy")].verdict is Verdict.REMOVE
     failed = agrees(inventory, PolicyConfig(), Observed(source_errors=("nova-api: down",)))
     assert by_name(failed)[sha1("old")].verdict is Verdict.HELD
 

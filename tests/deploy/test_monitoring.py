@@ -66,12 +66,18 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "novakeeper_disk_worst_case_shortfall_bytes": ("gauge", frozenset()),
     "novakeeper_disk_bytes": ("gauge", frozenset({"holder"})),
     "novakeeper_disk_unknown_disks": ("gauge", frozenset()),
+    "novakeeper_cache_deleted_image_bases": ("gauge", frozenset({"status"})),
+    "novakeeper_cache_deleted_image_bytes": ("gauge", frozenset({"status"})),
+    "novakeeper_cache_fetches_total": ("counter", frozenset()),
+    "novakeeper_cache_fetched_bytes_total": ("counter", frozenset()),
+    "novakeeper_cache_fetch_failures_total": ("counter", frozenset()),
 }
 LABEL_VALUES = {
     "measure": {"allocated", "apparent"},
     "reason": {"remove", "evict", "stale-partial", "trash-expired"},
     "outcome": {"ok", "failed"},
     "holder": {"cache", "instance-disks", "other", "free", "outside-instances-path"},
+    "status": {"deleted", "deactivated"},
 }
 TARGET_LABELS = {"instance", "job"}  # added by the scrape, never by novakeeper
 

@@ -27,7 +27,8 @@ from novakeeper.state import db as db_mod
 from novakeeper.state.db import MIGRATIONS, SCHEMA_VERSION, open_state
 
 TESTS = Path(__file__).resolve().parent.parent
-TABLES = {"bases", "pins", "journal", "checksums", "quarantine", "image_ids"}
+TABLES = {"bases", "pins", "journal", "checksums", "quarantine", "image_ids",
+          "glance_images", "glance_refresh", "releases", "fetches"}
 
 
 @pytest.fixture

@@ -580,3 +580,19 @@ def test_image_ids() -> None:
     assert image_id_of({}) is None and image_id_of("") is None and image_id_of(None) is None
     assert image_id_of("http://glance/v2/images/abc") == "abc"
     assert image_id_of({"id": "  "}) is None
+
+
+def test_kernel_and_ramdisk_are_named_too(nova: FakeNova, node: Inventory) -> None:
+    """An AMI-style server: nova fetches its kernel and ramdisk into the cache as well
+    (sha1 of their ids), and a rebuild needs them again."""
+    s = server(uuid(20), "h1", "ACTIVE", "active", None, IMG["active"])
+    s["OS-EXT-SRV-ATTR:kernel_id"] = "kernel-image-id"
+    s["OS-EXT-SRV-ATTR:ramdisk_id"] = "ramdisk-image-id"
+    nova.servers = [s]
+    result = NovaServers(["h1"], cloud="admin").collect(node)
+    assert result.error is None, result.error
+    words = {k: [x.who for x in v] for k, v in result.by_name.items()}
+    who = f"instance {uuid(20)} (ACTIVE) on h1"
+    assert words == {h("active"): [who],
+                     image_hash("kernel-image-id"): [f"{who} as its kernel"],
+                     image_hash("ramdisk-image-id"): [f"{who} as its ramdisk"]}

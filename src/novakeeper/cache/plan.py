@@ -15,6 +15,7 @@ from novakeeper.cache.budget import BudgetOutcome
 from novakeeper.cache.inventory import Problem
 from novakeeper.cache.layout import BaseKind
 from novakeeper.cache.trash import TrashEntry
+from novakeeper.images.catalog import ImageFacts
 
 
 class Verdict(StrEnum):
@@ -28,6 +29,7 @@ class Verdict(StrEnum):
     KEPT_BY_CONFIG = "kept-by-config"  # remove_unused_base_images = False
     PINNED = "pinned"  # an operator's pin: never removed, by age or by budget
     EVICT = "evict"  # unused, and the least recently used while over budget
+    LAST_COPY = "last-copy"  # image gone from Glance, still named by an instance: kept
 
     @property
     def removes(self) -> bool:
@@ -69,10 +71,25 @@ class Decision:
     """`cache verify` found its content does not match its checksum: why."""
     by_name: tuple[str, ...] = ()
     """Backing paths outside the cache that use it by name ("<path> (of <disk>)")."""
+    image: ImageFacts | None = None
+    """Glance's word on the image it is a base of (images/catalog.py), when known."""
+    named_by: tuple[str, ...] = ()
+    """Instances that name its image (image_ref, kernel_id, ramdisk_id: the Nova API)
+    while Glance no longer has it: the ones a last copy is kept for, or that are at risk."""
 
     @property
     def removes(self) -> bool:
         return self.verdict.removes
+
+    @property
+    def image_gone(self) -> bool:
+        """Its image is deleted or deactivated in Glance."""
+        return self.image is not None and self.image.gone
+
+    def eviction_key(self) -> tuple[bool, float, str]:
+        """Eviction order: bases of deleted or deactivated images first, then least
+        recently used first."""
+        return (not self.image_gone, self.idle_since(), self.name)
 
     def idle_since(self) -> float:
         """Last evidence of use: the later of the last scan that saw it in use and its
@@ -101,6 +118,8 @@ class Decision:
             "seen_by": list(self.seen_by),
             "corrupt": self.corrupt,
             "by_name": list(self.by_name),
+            "image": self.image.to_dict() if self.image is not None else None,
+            "named_by": list(self.named_by),
         }
 
 
@@ -133,8 +152,8 @@ class Plan:
         """In the order `clean` carries them out: the age-based removals, then evictions
         least recently used first, so a run cut short has evicted the right ones."""
         return tuple(sorted((d for d in self.decisions if d.removes),
-                            key=lambda d: (d.verdict is Verdict.EVICT, d.idle_since(), d.name)
-                            if d.verdict is Verdict.EVICT else (False, 0.0, d.name)))
+                            key=lambda d: (True, *d.eviction_key())
+                            if d.verdict is Verdict.EVICT else (False, False, 0.0, d.name)))
 
     @property
     def frees(self) -> int:

@@ -15,6 +15,7 @@ from novakeeper.cache.budget import BudgetConfig, BudgetOutcome, FsUsage, measur
 from novakeeper.cache.inventory import BaseFile, Inventory, Problem
 from novakeeper.cache.layout import DELETABLE_KINDS, BaseKind
 from novakeeper.cache.plan import Decision, Plan, Verdict
+from novakeeper.images.catalog import ImageFacts
 from novakeeper.state.pins import Pin, Pins
 from novakeeper.units import human_age, human_bytes
 from novakeeper.usage.base import Sighting
@@ -33,6 +34,9 @@ class PolicyConfig:
     creation of its disk (nova touches it right before): never removed within it."""
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     trash_grace_seconds: int = 0
+    deleted_image_min_age_seconds: int = 3600
+    """An unused base of an image deleted or deactivated in Glance goes after this long
+    (or after its kind's own minimum age, if shorter): no new instance can use it."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,10 @@ class Observed:
     """Usage sources configured but unable to answer: every base is then kept."""
     corrupt: Mapping[str, str] = field(default_factory=dict)
     """Base name -> why `cache verify` found it corrupt (state database)."""
+    images: Mapping[str, ImageFacts] = field(default_factory=dict)
+    """Image hash (sha1 of the id) -> Glance's word on the image (images/catalog.py)."""
+    released: Mapping[str, str] = field(default_factory=dict)
+    """Image hash -> an operator's release of its last copy (`cache release`), in words."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +82,8 @@ class Facts:
     """Backing paths outside the cache that reach this file by name, as words."""
     fetching: tuple[str, float] | None = None
     """The freshest `.part`/`.converted` of this very file: (its name, its age)."""
+    image: ImageFacts | None = None
+    released: str | None = None
 
 
 Rule = Callable[[Facts], Decision | None]
@@ -106,8 +116,37 @@ def _decide(f: Facts, verdict: Verdict, reason: str, min_age: float | None = Non
         sources=(("disks",) if f.disks else ()) + tuple(dict.fromkeys(
             s.source for s in f.seen_by)),
         seen_by=tuple(s.words() for s in f.seen_by),
-        corrupt=f.corrupt, by_name=f.named,
+        corrupt=f.corrupt, by_name=f.named, image=f.image,
+        named_by=_naming(f) if f.image is not None and f.image.gone else (),
     )
+
+
+NOVA_API = "nova-api"
+
+
+def _naming(f: Facts) -> tuple[str, ...]:
+    """The Nova API's sightings: instances naming the image (image_ref, kernel, ramdisk)."""
+    return tuple(dict.fromkeys(s.who for s in f.seen_by if s.source == NOVA_API))
+
+
+def rule_last_copy(f: Facts) -> Decision | None:
+    """A base of an image gone from Glance (deleted or deactivated) that no disk and no
+    process uses, but that an instance still names as its image, kernel or ramdisk: nova's
+    rescue, rebuild and a block migration to another host fetch that image again and
+    would fail without this copy. Kept, like a pin, until an operator releases it."""
+    if f.image is None or not f.image.gone or f.disks:
+        return None
+    naming = _naming(f)
+    if not naming or any(s.source != NOVA_API for s in f.seen_by):
+        return None
+    if f.released is not None:
+        return None  # released: the sightings stop keeping it; the next rules decide
+    more = f" and {len(naming) - 1} more" if len(naming) > 1 else ""
+    reason = (f"last copy: {f.image.words()}, and {naming[0]}{more} names it: rescue, "
+              f"rebuild and block migration need it; `novakeeper cache release "
+              f"{f.image.image_id}` lets it go")
+    return _decide(f, Verdict.LAST_COPY, reason)
+
 
 
 def rule_only_nova_names(f: Facts) -> Decision | None:
@@ -118,8 +157,12 @@ def rule_only_nova_names(f: Facts) -> Decision | None:
 
 def rule_in_use(f: Facts) -> Decision | None:
     """A file in any disk's backing chain is in use, whatever its name or age; so is one
-    that any other usage source (open files, libvirt domains, the Nova API) saw in use."""
+    that any other usage source (open files, libvirt domains, the Nova API) saw in use,
+    except a last copy an operator released (the Nova API's sightings then keep nothing)."""
     if not f.disks and not f.seen_by:
+        return None
+    if (f.released is not None and not f.disks and f.image is not None and f.image.gone
+            and all(s.source == NOVA_API for s in f.seen_by)):
         return None
     parts = []
     if f.disks and len(f.named) == len(f.disks):  # only by name
@@ -138,6 +181,9 @@ def rule_in_use(f: Facts) -> Decision | None:
         parts.append(f"{'in use: ' if not f.disks else ''}{first}{more}")
     if f.corrupt:  # loud: the instances on it read bad data; never removed, never moved
         parts.append(f"CORRUPT: {f.corrupt}")
+    if f.image is not None and f.image.gone:
+        parts.append(f"AT RISK: {f.image.words()}: this base is the only copy left for "
+                     f"its {len(f.users) or 'named'} instances")
     return _decide(f, Verdict.IN_USE, "; ".join(parts))
 
 
@@ -208,6 +254,28 @@ def rule_stale_partial(f: Facts) -> Decision | None:
     return _decide(f, Verdict.DOWNLOADING, reason, limit)
 
 
+def rule_deleted_image(f: Facts) -> Decision | None:
+    """An unused base of an image deleted or deactivated in Glance can never be used by
+    a new instance: it goes after deleted_image_min_age_seconds (1 h by default, not nova's
+    24 h), never inside the spawn hold."""
+    if f.image is None or not f.image.gone or f.base.kind not in (BaseKind.ORIGINAL,
+                                                                  BaseKind.RESIZED):
+        return None
+    normal = (f.config.remove_unused_resized_minimum_age_seconds
+              if f.base.kind is BaseKind.RESIZED
+              else f.config.remove_unused_original_minimum_age_seconds)
+    limit = max(min(f.config.deleted_image_min_age_seconds, normal),
+                f.config.spawn_hold_seconds)
+    what = f"unused {f.base.kind} of a {f.image.status} image: {f.image.words()}"
+    if f.released is not None:
+        what += f"; {f.released}"
+    if f.age >= limit:
+        return _decide(f, Verdict.REMOVE, f"{what}; unused for {human_age(f.age)} "
+                       f"(min age {human_age(limit)})", limit)
+    return _decide(f, Verdict.TOO_YOUNG, f"{what}; too young: removable in "
+                   f"{human_age(limit - f.age)}", limit)
+
+
 def rule_minimum_age(f: Facts) -> Decision | None:
     """Nova's rule: an unused base is removed once it is older than its kind's minimum age
     (resized copies 1 h; originals, swap and ephemeral 24 h by default)."""
@@ -235,6 +303,7 @@ def rule_minimum_age(f: Facts) -> Decision | None:
 
 RULES: Sequence[Rule] = (
     rule_only_nova_names,
+    rule_last_copy,
     rule_in_use,
     rule_sources_answered,
     rule_hold_on_doubt,
@@ -242,6 +311,7 @@ RULES: Sequence[Rule] = (
     rule_pinned,
     rule_configuration,
     rule_stale_partial,
+    rule_deleted_image,
     rule_minimum_age,
 )
 
@@ -304,14 +374,14 @@ def rule_evict_least_recently_used(
     in_trash = trash_frees(inventory)
     remaining = state.need - by_age - in_trash
     kept: dict[str, int] = defaultdict(int)
-    candidates: list[tuple[float, str, int]] = []
+    candidates: list[tuple[bool, float, str, int]] = []
     for i, (f, d) in enumerate(chosen):
         if d.removes:
             continue
         if d.verdict in EVICTABLE_VERDICTS and f.base.kind in EVICTABLE_KINDS:
             why = eviction_blocked(f, d, budget, now)
             if why is None:
-                candidates.append((d.idle_since(), d.name, i))
+                candidates.append((*d.eviction_key(), i))
             elif why != _FREES_NOTHING:
                 kept[why] += d.allocated
             continue
@@ -319,9 +389,9 @@ def rule_evict_least_recently_used(
     evicted = by_eviction = 0
     if remaining > 0:
         candidates.sort()
-        for n, (_, _, i) in enumerate(candidates):
+        for n, (*_, i) in enumerate(candidates):
             if remaining <= 0:
-                for _, _, j in candidates[n:]:
+                for *_, j in candidates[n:]:
                     kept["not needed"] += decisions[j].allocated
                 break
             f, d = chosen[i]
@@ -332,7 +402,9 @@ def rule_evict_least_recently_used(
                         f"{human_age(now - f.base.mtime)} ago")
             else:
                 when = f"never seen in use, modified {human_age(now - f.base.mtime)} ago"
-            reason = (f"over budget by {human_bytes(remaining)}; least recently used "
+            first = (f"{f.image.words()}: evicted first; "
+                     if f.image is not None and f.image.gone else "")
+            reason = (f"over budget by {human_bytes(remaining)}; {first}least recently used "
                       f"({when}); frees {human_bytes(d.allocated)}")
             decisions[i] = _decide(f, Verdict.EVICT, reason, budget.eviction_min_age_seconds)
             remaining -= decisions[i].frees
@@ -382,12 +454,17 @@ class _Judge:
             held = tuple([problems[i] for i in sorted(hits)])
         named = tuple([f"{path} (of {disk.path})"
                        for disk, path in inventory.named.get(base.name, ())])
+        image = released = None
+        if base.image_hash is not None and observed.images:
+            image = observed.images.get(base.image_hash)
+            released = observed.released.get(base.image_hash)
         return Facts(base, self.now - base.mtime, users, tuple([d.path for d in disks]),
                      held, self.config,
                      observed.pins.match(base.name, base.kind, base.image_hash),
                      observed.last_used.get(base.name),
                      tuple(observed.sightings.get(base.name, ())), observed.source_errors,
-                     observed.corrupt.get(base.name), named, self.fetching.get(base.name))
+                     observed.corrupt.get(base.name), named, self.fetching.get(base.name),
+                     image, released)
 
     def __call__(self, base: BaseFile) -> tuple[Facts, Decision]:
         facts = self.facts(base)

@@ -27,21 +27,22 @@ LOG = logging.getLogger("novakeeper.cache")
 # Order rows the way an operator reads them: what will go first, then why things stay.
 VERDICT_ORDER = {v: i for i, v in enumerate([
     Verdict.REMOVE, Verdict.EVICT, Verdict.STALE_PARTIAL, Verdict.HELD, Verdict.TOO_YOUNG,
-    Verdict.DOWNLOADING, Verdict.PINNED, Verdict.IN_USE, Verdict.KEPT_BY_CONFIG,
-    Verdict.UNKNOWN,
+    Verdict.DOWNLOADING, Verdict.PINNED, Verdict.LAST_COPY, Verdict.IN_USE,
+    Verdict.KEPT_BY_CONFIG, Verdict.UNKNOWN,
 ])}
 VERDICT_STYLE = {
     Verdict.REMOVE: "bold red", Verdict.EVICT: "bold red", Verdict.STALE_PARTIAL: "red",
     Verdict.HELD: "bold yellow", Verdict.TOO_YOUNG: "cyan", Verdict.DOWNLOADING: "cyan",
     Verdict.PINNED: "blue", Verdict.IN_USE: "green", Verdict.KEPT_BY_CONFIG: "blue",
-    Verdict.UNKNOWN: "magenta",
+    Verdict.UNKNOWN: "magenta", Verdict.LAST_COPY: "bold blue",
 }
 
 
 def sorted_decisions(plan: Plan) -> list[Decision]:
     """By verdict; evictions in the order they were chosen (least recently used first)."""
     return sorted(plan.decisions, key=lambda d: (
-        VERDICT_ORDER[d.verdict], d.idle_since() if d.verdict is Verdict.EVICT else 0, d.name))
+        VERDICT_ORDER[d.verdict], *(d.eviction_key() if d.verdict is Verdict.EVICT
+                                    else (False, 0, d.name))))
 
 
 def last_used_cell(d: Decision, now: float) -> str:
@@ -88,6 +89,13 @@ def _users_cell(d: Decision) -> str:
     return f"{d.users[0]} +{len(d.users) - 1}"
 
 
+def image_cell(d: Decision) -> str:
+    """`name (status)` of the base's Glance image; `-` when Glance never listed it."""
+    if d.image is None:
+        return "-"
+    return f"{d.image.name or d.image.image_id} ({d.image.status})"
+
+
 def plan_table(plan: Plan, console: Console) -> None:
     from rich import box
     from rich.table import Table
@@ -103,6 +111,9 @@ def plan_table(plan: Plan, console: Console) -> None:
     with_budget = plan.budget is not None
     if with_budget:
         table.add_column("LAST USED", justify="right", no_wrap=True)
+    with_images = any(d.image is not None for d in plan.decisions)
+    if with_images:
+        table.add_column("IMAGE", overflow="fold")
     table.add_column("REASON", overflow="fold")
     for d in sorted_decisions(plan):
         cells = [
@@ -116,6 +127,8 @@ def plan_table(plan: Plan, console: Console) -> None:
         ]
         if with_budget:
             cells.append(last_used_cell(d, plan.now))
+        if with_images:
+            cells.append(image_cell(d))
         table.add_row(*cells, d.reason)
     console.print(table)
     problems_block(plan, console)
@@ -170,7 +183,46 @@ def status_data(inventory: Inventory, plan: Plan, registry: Registry | None = No
         "storage": registry.to_dict() if registry is not None else None,
         "orphaned_locks": [{"path": o.path, "name": o.name, "age_seconds": round(o.age)}
                            for o in (orphans or [])],
+        "images": images_data(plan),
     }
+
+
+def images_data(plan: Plan) -> list[dict[str, Any]]:
+    """One row per Glance image with bases here: Glance's word, the files, their bytes,
+    the verdicts and the instances that name a gone image."""
+    rows: dict[str, dict[str, Any]] = {}
+    for d in plan.decisions:
+        if d.image is None:
+            continue
+        row = rows.setdefault(d.image.image_id, {
+            **d.image.to_dict(), "files": [], "allocated": 0, "verdicts": [],
+            "named_by": []})
+        row["files"].append(d.name)
+        row["allocated"] += d.allocated
+        if str(d.verdict) not in row["verdicts"]:
+            row["verdicts"].append(str(d.verdict))
+        row["named_by"] += [x for x in d.named_by if x not in row["named_by"]]
+    return sorted(rows.values(), key=lambda r: (r["status"] not in ("deleted", "deactivated"),
+                                                 r["name"] or "", r["id"]))
+
+
+def images_text(rows: list[dict[str, Any]], c: Console) -> None:
+    from rich import box
+    from rich.table import Table
+
+    if not rows:
+        return
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for col in ("IMAGE", "ID", "STATUS", "VISIBILITY", "HASH", "FILES", "ALLOCATED",
+                "VERDICTS"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        digest = (f"{r['os_hash_algo']}:{r['os_hash_value'][:16]}..."
+                  if r["os_hash_algo"] and r["os_hash_value"] else "-")
+        table.add_row(r["name"] or "-", r["id"], r["status"], r["visibility"] or "-", digest,
+                      str(len(r["files"])), human_bytes(r["allocated"]),
+                      ",".join(r["verdicts"]))
+    c.print(table)
 
 
 def status_text(data: dict[str, Any], console: Console) -> None:
@@ -206,6 +258,7 @@ def status_text(data: dict[str, Any], console: Console) -> None:
     for verdict, row in data["by_verdict"].items():
         table.add_row(verdict, str(row["files"]), human_bytes(row["allocated"]))
     c.print(table)
+    images_text(data.get("images", []), c)
     _budget_text(data["budget"], c)
     for line in data.get("footer", []):
         c.print(line, highlight=False, markup=False)
@@ -296,6 +349,9 @@ def log_plan(plan: Plan) -> None:
             LOG.info("Base file chosen for eviction: %s (%s)", d.path, d.reason)
         elif d.verdict is Verdict.PINNED:
             LOG.info("Base file pinned, kept: %s (%s)", d.path, d.reason)
+        elif d.verdict is Verdict.LAST_COPY:
+            LOG.warning("Base file is the last copy of an image gone from Glance, kept: "
+                        "%s (%s)", d.path, d.reason)
     if plan.budget is not None and plan.budget.need:
         level = logging.WARNING if plan.budget.shortfall else logging.INFO
         LOG.log(level, "Cache budget: %s", plan.budget.words())

@@ -16,6 +16,7 @@ from novakeeper.cache.inventory import (
     Inventory,
     Problem,
     ProblemCode,
+    check_dir,
 )
 from novakeeper.errors import ExitCode, NovakeeperError
 from novakeeper.images.probe import ProbeError, ProbeErrorKind, probe
@@ -43,14 +44,11 @@ class FileSystem:
         return self.total - self.used - self.free
 
     @classmethod
-    def of(cls, path: str) -> FileSystem:
+    def of(cls, path: str, what: str) -> FileSystem:
+        """Raises NovakeeperError (one line) when `path` is missing or unreadable."""
+        dev = check_dir(path, what).st_dev
         try:
             st = os.statvfs(path)
-            dev = os.stat(path).st_dev
-        except FileNotFoundError:
-            raise NovakeeperError(ExitCode.PATH, f"{path} does not exist") from None
-        except PermissionError:
-            raise NovakeeperError(ExitCode.PERMISSION, f"{path}: permission denied") from None
         except OSError as exc:
             raise NovakeeperError(ExitCode.PATH, f"statvfs {path}: {exc.strerror}") from None
         return cls(path, dev, st.f_frsize * st.f_blocks, st.f_frsize * st.f_bavail,
@@ -210,8 +208,8 @@ def survey(inventory: Inventory, folders: Mapping[str, FolderScan],
     """The facts the disk report adds to a cache pass; raises NovakeeperError when the
     instances path cannot be read. With libvirt's domains, their file disks that no
     folder's scan read are read here."""
-    fs = FileSystem.of(inventory.instances_path)
-    cache_fs = FileSystem.of(inventory.cache_real_path)
+    fs = FileSystem.of(inventory.instances_path, "instances path")
+    cache_fs = FileSystem.of(inventory.cache_real_path, "cache folder")
     other = dict.fromkeys(Other.ALL, 0)
     unreadable: dict[str, int] = {}
     counted: dict[str, Counted] = {}

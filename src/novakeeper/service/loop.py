@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -213,6 +214,7 @@ class Service:
             self._log_changes(result.plan)
             self.metrics.observe_plan(result.inventory, result.plan)
             self._observe_disk(result, settings)
+            observe_fetches(self.metrics, result)
             if cleaning:
                 executor = executor_for(result, settings)
                 executor.should_stop = self.should_stop
@@ -276,3 +278,17 @@ class Service:
         if plan.budget is not None and plan.budget.shortfall:
             LOG.warning("Cache budget: %s", plan.budget.words())
         self.previous = current
+
+
+def observe_fetches(metrics: Metrics, result: Pass) -> None:
+    """The `cache fetch` totals the state database holds, into the exporter."""
+    if result.state is None:
+        return
+    from novakeeper.cache.fetch import totals
+
+    try:
+        t = totals(result.state)
+    except sqlite3.Error as exc:
+        LOG.warning("State database: %s; fetch totals not exported", exc)
+        return
+    metrics.observe_fetches(t.count, t.bytes, t.failures)

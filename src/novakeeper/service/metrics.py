@@ -22,7 +22,7 @@ from prometheus_client import (
     start_http_server,
     write_to_textfile,
 )
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
@@ -54,6 +54,23 @@ class _Ours(Collector):
 
     def collect(self) -> Iterable[Metric]:
         return self.registry.collect()
+
+
+class _FetchTotals(Collector):
+    """`cache fetch` runs are separate processes: their totals live in the state database
+    (`fetches`), and each pass exports them as counters."""
+
+    def __init__(self) -> None:
+        self.count = self.bytes = self.failures = 0
+
+    def collect(self) -> Iterable[Metric]:
+        for name, doc, value in (
+                ("novakeeper_cache_fetches", "Images `cache fetch` downloaded.", self.count),
+                ("novakeeper_cache_fetched_bytes", "Bytes `cache fetch` downloaded.",
+                 self.bytes),
+                ("novakeeper_cache_fetch_failures", "`cache fetch` attempts that failed "
+                 "(nothing cached).", self.failures)):
+            yield CounterMetricFamily(name, doc, value=value)
 
 
 class Metrics:
@@ -124,6 +141,15 @@ class Metrics:
         self.unknown_disks = Gauge(
             "disk_unknown_disks", "Instance disks whose over-commit is unknown (unreadable "
             "or corrupt).", namespace=ns, registry=r)
+        # Glance (images/catalog.py, cache/fetch.py)
+        self.deleted_bases = Gauge("cache_deleted_image_bases", "Bases of images deleted or "
+                                   "deactivated in Glance, by image status.", ["status"],
+                                   namespace=ns, registry=r)
+        self.deleted_bytes = Gauge("cache_deleted_image_bytes", "Allocated bytes of bases of "
+                                   "images deleted or deactivated in Glance, by image status.",
+                                   ["status"], namespace=ns, registry=r)
+        self.fetch_totals = _FetchTotals()
+        r.register(self.fetch_totals)
         for outcome in ("ok", "failed"):
             self.passes.labels(outcome)
         for reason in ("remove", "evict", "stale-partial", "trash-expired"):
@@ -144,6 +170,11 @@ class Metrics:
         for skey, n in sizes.items():
             self.bytes.labels(*skey).set(n)
         self.reclaimable.set(plan.frees)
+        for status in ("deleted", "deactivated"):
+            gone = [d for d in plan.decisions if d.image is not None
+                    and d.image.status == status]
+            self.deleted_bases.labels(status).set(len(gone))
+            self.deleted_bytes.labels(status).set(sum(d.allocated for d in gone))
         self.corrupt.set(sum(1 for d in plan.decisions
                              if d.corrupt and d.verdict is Verdict.IN_USE))
         self.disks.set(len(inventory.disks))
@@ -186,6 +217,10 @@ class Metrics:
                 self.removals.labels(reason).inc()
             elif o.action is Action.TRASHED:
                 self.removals.labels(reasons.get(o.name, "remove")).inc()
+
+    def observe_fetches(self, count: int, nbytes: int, failures: int) -> None:
+        self.fetch_totals.count, self.fetch_totals.bytes = count, nbytes
+        self.fetch_totals.failures = failures
 
     def observe_pass(self, info: PassInfo) -> None:
         self.last_pass.set(info.started)

@@ -109,6 +109,49 @@ MIGRATIONS: tuple[str, ...] = (
         learned_at  REAL NOT NULL
     );
     """,
+    # 3: Glance's word on each image (images/catalog.py), operators' releases of last
+    # copies, `cache fetch` outcomes
+    """
+    CREATE TABLE glance_images (
+        hash             TEXT PRIMARY KEY,
+        image_id         TEXT NOT NULL,
+        name             TEXT,
+        status           TEXT NOT NULL,
+        visibility       TEXT,
+        disk_format      TEXT,
+        container_format TEXT,
+        size             INTEGER,
+        virtual_size     INTEGER,
+        checksum         TEXT,
+        hash_algo        TEXT,
+        hash_value       TEXT,
+        checked_at       REAL NOT NULL,
+        gone_since       REAL
+    );
+    CREATE TABLE glance_refresh (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        at          REAL NOT NULL,
+        ok          INTEGER NOT NULL,
+        sees_all    INTEGER NOT NULL DEFAULT 0,
+        listed      INTEGER NOT NULL DEFAULT 0,
+        error       TEXT
+    );
+    CREATE TABLE releases (
+        hash        TEXT PRIMARY KEY,
+        image_id    TEXT NOT NULL,
+        released_at REAL NOT NULL,
+        note        TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE fetches (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          REAL NOT NULL,
+        image_id    TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        bytes       INTEGER NOT NULL DEFAULT 0,
+        outcome     TEXT NOT NULL,
+        detail      TEXT NOT NULL DEFAULT ''
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -184,13 +184,20 @@ class NovaServers:
         if not protects(server.vm_state, server.task_state):
             return
         image_id = image_id_of(server.image)
-        if image_id is None:  # booted from a volume: no base file
+        if image_id is None:  # booted from a volume: no base file (nor kernel, nor ramdisk)
             return
         status = str(server.status or server.vm_state or "?")
         if server.task_state:
             status = f"{status}/{server.task_state}"
         who = f"instance {server.id} ({status}) {where}"
         found.setdefault(image_hash(image_id), []).append(Sighting(self.name, who))
+        # Kernel and ramdisk of an AMI-style image (admins see them, microversion 2.3+):
+        # nova fetches them into the cache too and needs them again for a rebuild.
+        for role in ("kernel_id", "ramdisk_id"):
+            other = getattr(server, role, None)
+            if isinstance(other, str) and other.strip() and other.strip() != image_id:
+                found.setdefault(image_hash(other.strip()), []).append(
+                    Sighting(self.name, f"{who} as its {role.removesuffix('_id')}"))
 
     def _error(self, why: str, seen: int = 0) -> SourceResult:
         return SourceResult(self.name, error=f"{self.name}: {why}", seen=seen)
