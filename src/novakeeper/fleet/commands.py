@@ -99,4 +99,49 @@ def clean(inventory: str, limit: str, serial: int, keep_going: bool, forks: int,
     _exit_for(data)
 
 
+@fleet.command()
+@click.argument("image_ids", nargs=-1, required=True, metavar="IMAGE_ID...")
+@INVENTORY
+@click.option("--limit", metavar="PATTERN", required=True,
+              help="Ansible host pattern: which nodes fetch ('all' for every one).")
+@click.option("--serial", type=click.IntRange(1), default=None,
+              help="Nodes fetching at once (Ansible's serial; default: all of them).")
+@click.option("--pin", is_flag=True, help="Also pin the images on each node.")
+@click.option("--stop-on-failure", is_flag=True,
+              help="Stop after the batch where a node fails (default: every node tries).")
+@FORKS
+@JSON
+def fetch(image_ids: tuple[str, ...], inventory: str, limit: str, serial: int | None,
+          pin: bool, stop_on_failure: bool, forks: int, as_json: bool) -> None:
+    """`cache fetch IMAGE_ID...` on the nodes: a fleet-wide pre-fetch, each node
+    downloading from Glance into its own cache as nova would for a spawn."""
+    from novakeeper.fleet import report as report_mod
+    from novakeeper.fleet import runner
+    from novakeeper.state.pins import check_image_id
+
+    for image_id in image_ids:
+        why = check_image_id(image_id)
+        if why:
+            raise NovakeeperError(ExitCode.USAGE, why)
+    extravars: dict[str, Any] = {"novakeeper_images": list(dict.fromkeys(image_ids)),
+                                 "novakeeper_pin": pin,
+                                 "novakeeper_max_fail_percentage": 0 if stop_on_failure
+                                 else 100}
+    if serial is not None:
+        extravars["novakeeper_serial"] = serial
+    run = runner.run_playbook(runner.FETCH_PLAYBOOK, inventory, limit, forks, extravars)
+    runner.check_reached(run, inventory, limit)
+    data = report_mod.fetches(run)
+    if as_json:
+        json_out(data)
+    else:
+        from novakeeper.fleet import render
+
+        render.fetch_table(data, console())
+    bad = data["failed"] + data["down"]
+    if bad:
+        raise NovakeeperError(ExitCode.PROBLEMS, f"{len(bad)} of {data['nodes']} nodes did "
+                              f"not fetch: {', '.join(b['host'] for b in bad)}")
+
+
 __all__ = ["fleet"]

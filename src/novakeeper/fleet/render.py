@@ -182,3 +182,27 @@ def html_page(report: dict[str, Any]) -> str:
     parts.append(f"<p>{t['with_disk_report']} of {t['reporting']} nodes answered "
                  "<code>disk report</code>.</p></body></html>")
     return "\n".join(parts) + "\n"
+
+
+def fetch_table(data: dict[str, Any], out: Console) -> None:
+    """`fleet fetch`: one line per node and image, then the failures and the totals."""
+    from rich import box
+    from rich.table import Table
+
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for name in ("NODE", "IMAGE", "ACTION", "BYTES", "PATH"):
+        t.add_column(name, justify="right" if name == "BYTES" else "left")
+    for n in data["done"] + data["failed"]:
+        for f in n["fetched"]:
+            t.add_row(n["host"], f["image_id"], f["action"], _bytes(f["bytes"]), f["path"])
+    out.print(t)
+    for n in data["failed"]:
+        out.print(f"FAILED      {n['host']}: {n['reason']}", markup=False, highlight=False)
+    for d in data["down"]:
+        out.print(f"{d['state'].upper():11} {d['host']}: {d['reason']}", markup=False,
+                  highlight=False)
+    tot = data["totals"]
+    out.print(f"{len(data['done'])} of {data['nodes']} nodes done: {tot['fetched']} fetched "
+              f"({human_bytes(tot['bytes'])}), {tot['present']} already present; "
+              f"{len(data['failed'])} failed, {len(data['down'])} unreachable",
+              markup=False, highlight=False)

@@ -198,3 +198,34 @@ def _count(values: Any) -> dict[str, int]:
     for v in values:
         counts[v] = counts.get(v, 0) + 1
     return counts
+
+
+def fetches(run: PlaybookRun) -> dict[str, Any]:
+    """What `fleet fetch` did on each node: the images fetched or found present, with
+    bytes; a node whose fetch failed with its `cache fetch` error lines; the unreachable
+    ones with Ansible's reason."""
+    done: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    down: list[dict[str, Any]] = []
+    for host, hr in sorted(run.hosts.items()):
+        if hr.unreachable is not None:
+            down.append({"host": host, "state": "unreachable", "reason": hr.unreachable})
+            continue
+        data = _json(hr.results.get("cache fetch")) or {}
+        fetched: list[dict[str, Any]] = data.get("fetched") or []
+        errors: list[dict[str, Any]] = data.get("failed") or []
+        entry = {"host": host, "fetched": fetched, "errors": errors}
+        if hr.failure is not None:
+            why = "; ".join(f"{e['image_id']}: {e['error']}" for e in errors)
+            failed.append({**entry, "reason": why or hr.failure,
+                           "exit": (hr.results.get("cache fetch") or {}).get("rc")})
+        else:
+            done.append(entry)
+    images = [f for n in done + failed for f in n["fetched"]]
+    return {
+        "generated_at": time.time(), "playbook_seconds": round(run.seconds, 3),
+        "nodes": len(run.hosts), "done": done, "failed": failed, "down": down,
+        "totals": {"fetched": sum(1 for f in images if f["action"] == "fetched"),
+                   "present": sum(1 for f in images if f["action"] == "present"),
+                   "bytes": sum(int(f["bytes"]) for f in images)},
+    }

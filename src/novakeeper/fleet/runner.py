@@ -20,6 +20,7 @@ from novakeeper.errors import ExitCode, NovakeeperError
 PLAYBOOKS = Path(__file__).resolve().parent / "playbooks"
 REPORT_PLAYBOOK = "fleet-report.yml"
 CLEAN_PLAYBOOK = "fleet-clean.yml"
+FETCH_PLAYBOOK = "fleet-fetch.yml"
 TASK_PREFIX = "Fleet: "
 
 
