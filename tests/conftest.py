@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -108,3 +110,39 @@ def side_venv_python(name: str, variable: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return python
+
+
+def start_ready_server(cmd: Sequence[str], log_path: Path, what: str, timeout: float = 180
+                       ) -> tuple[subprocess.Popen[str], int]:
+    """Start a server script (Keystone, Glance) that prints `READY <port>` on stdout and
+    exits when its stdin closes; fail the test with the end of its log if it does not
+    come up. No OS_* variable of the test's reaches it."""
+    log = open(log_path, "w")  # noqa: SIM115 - the child keeps its own copy
+    proc = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=log, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("OS_")})
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    stdout = proc.stdout
+    threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
+    try:
+        line = lines.get(timeout=timeout)
+    except queue.Empty:
+        line = ""
+    log.close()
+    if not line.startswith("READY "):
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"{what} did not start: {log_path.read_text()[-3000:]}")
+    return proc, int(line.split()[1])
+
+
+def stop_server(proc: subprocess.Popen[str]) -> None:
+    """Close its stdin (the servers exit then); kill it if it does not within 10 s."""
+    assert proc.stdin is not None
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

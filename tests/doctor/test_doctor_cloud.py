@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import secrets
 import socket
-import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,7 @@ import pytest
 from doctor_helpers import check, facts, node, one, statuses
 
 from _cli_tree import run_cli
-from conftest import side_venv_python
+from conftest import side_venv_python, start_ready_server, stop_server
 from novakeeper.doctor.cloud import Catalog, Endpoint, Service
 from novakeeper.doctor.model import Status
 
@@ -56,24 +53,9 @@ def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
 
     python = side_venv_python("keystone", "NOVAKEEPER_KEYSTONE_VENV")
     work = tmp_path_factory.mktemp("keystone-doctor")
-    log = open(work / "server.err", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [str(python), str(SERVER), str(work / "data"), PASSWORD], stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=log, text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("OS_")})
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
-    try:
-        line = lines.get(timeout=120)
-    except queue.Empty:
-        line = ""
-    if not line.startswith("READY "):
-        proc.kill()
-        log.close()
-        pytest.fail(f"Keystone did not start: {(work / 'server.err').read_text()[-3000:]}")
-    url = f"http://127.0.0.1:{int(line.split()[1])}/v3"
+    proc, port = start_ready_server([str(python), str(SERVER), str(work / "data"), PASSWORD],
+                                    work / "server.err", "Keystone", timeout=120)
+    url = f"http://127.0.0.1:{port}/v3"
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     closed_port = closed.getsockname()[1]
@@ -103,14 +85,7 @@ def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
         yield Cloud(url, clouds_yaml, conn, identity.id, network.id, closed_port)
     finally:
         conn.close()
-        assert proc.stdin is not None
-        proc.stdin.close()  # the server exits when its stdin closes
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        stop_server(proc)
 
 
 @pytest.fixture

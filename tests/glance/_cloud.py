@@ -13,12 +13,9 @@ same file store, a new port registered in the catalog), for the "Glance down" te
 from __future__ import annotations
 
 import json
-import os
-import queue
 import secrets
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,43 +26,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import yaml
 
-from conftest import side_venv_python
+from conftest import side_venv_python, start_ready_server, stop_server
 
 HERE = Path(__file__).resolve().parent
 KEYSTONE_SERVER = HERE.parent / "usage" / "_keystone_server.py"
 ADMIN_PASSWORD = "adm-" + secrets.token_hex(8)
-
-
-def _start(cmd: list[str], log_path: Path, what: str) -> tuple[subprocess.Popen[str], int]:
-    """Start a server script that prints `READY <port>`; fail the test with its log."""
-    log = open(log_path, "w")  # noqa: SIM115 - closed when the process is stopped
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                            text=True,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("OS_")})
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
-    try:
-        line = lines.get(timeout=180)
-    except queue.Empty:
-        line = ""
-    log.close()
-    if not line.startswith("READY "):
-        proc.kill()
-        proc.wait()
-        pytest.fail(f"{what} did not start: {log_path.read_text()[-3000:]}")
-    return proc, int(line.split()[1])
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    assert proc.stdin is not None
-    proc.stdin.close()  # the servers exit when their stdin closes
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @dataclass
@@ -84,14 +49,14 @@ class GlanceServer:
 
     def start(self) -> None:
         self.starts += 1
-        self.proc, self.port = _start(
+        self.proc, self.port = start_ready_server(
             [str(self.python), str(HERE / "_glance_server.py"), str(self.work / "data"),
              self.keystone_url, ADMIN_PASSWORD],
             self.work / f"server-{self.starts}.err", "Glance")
 
     def stop(self) -> None:
         if self.proc is not None:
-            _stop(self.proc)
+            stop_server(self.proc)
             self.proc = None
 
 
@@ -140,8 +105,9 @@ def cloud_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
     keystone_python = side_venv_python("keystone", "NOVAKEEPER_KEYSTONE_VENV")
     glance_python = side_venv_python("glance", "NOVAKEEPER_GLANCE_VENV")
     work = tmp_path_factory.mktemp("openstack")
-    kproc, kport = _start([str(keystone_python), str(KEYSTONE_SERVER), str(work / "keystone"),
-                           ADMIN_PASSWORD], work / "keystone.err", "Keystone")
+    kproc, kport = start_ready_server(
+        [str(keystone_python), str(KEYSTONE_SERVER), str(work / "keystone"), ADMIN_PASSWORD],
+        work / "keystone.err", "Keystone")
     keystone_url = f"http://127.0.0.1:{kport}/v3"
     glance = GlanceServer(glance_python, work, keystone_url)
     try:
@@ -161,7 +127,7 @@ def cloud_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cloud]:
             c.conn.close()
     finally:
         glance.stop()
-        _stop(kproc)
+        stop_server(kproc)
 
 
 def glance_env(cloud: Cloud) -> dict[str, str]:

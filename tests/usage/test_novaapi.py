@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import secrets
 import socket
 import subprocess
@@ -38,7 +37,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 
-from conftest import make_qcow2, make_raw, side_venv_python
+from conftest import make_qcow2, make_raw, side_venv_python, start_ready_server, stop_server
 from novakeeper.cache.inventory import Inventory, Scanner
 from novakeeper.cache.layout import image_hash
 from novakeeper.usage.base import SourceResult
@@ -67,35 +66,13 @@ class Keystone:
 def keystone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keystone]:
     python = side_venv_python("keystone", "NOVAKEEPER_KEYSTONE_VENV")
     work = tmp_path_factory.mktemp("keystone")
-    log = open(work / "server.err", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
+    proc, port = start_ready_server(
         [str(python), str(HERE / "_keystone_server.py"), str(work / "data"), ADMIN_PASSWORD],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
-        env={k: v for k, v in os.environ.items() if not k.startswith("OS_")},
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    threading.Thread(target=lambda: [lines.put(x) for x in stdout], daemon=True).start()
+        work / "server.err", "Keystone", timeout=120)
     try:
-        line = lines.get(timeout=120)
-    except queue.Empty:
-        line = ""
-    if not line.startswith("READY "):
-        proc.kill()
-        log.close()
-        pytest.fail(f"Keystone did not start: {(work / 'server.err').read_text()[-3000:]}")
-    try:
-        yield Keystone(f"http://127.0.0.1:{int(line.split()[1])}/v3", proc)
+        yield Keystone(f"http://127.0.0.1:{port}/v3", proc)
     finally:
-        assert proc.stdin is not None
-        proc.stdin.close()  # the server exits when its stdin closes
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        stop_server(proc)
 
 
 def keystone_token(url: str, user: str, password: str, project: str) -> str:
