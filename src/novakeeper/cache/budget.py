@@ -51,17 +51,29 @@ class FsUsage:
     size: int
     used: int
     avail: int
+    inodes: int = 0
+    inodes_free: int = 0
+    """Inodes a user may still take (f_favail)."""
 
     @classmethod
     def of(cls, path: str) -> FsUsage:
         st = os.statvfs(path)
         used = (st.f_blocks - st.f_bfree) * st.f_frsize
         avail = st.f_bavail * st.f_frsize
-        return cls(size=used + avail, used=used, avail=avail)
+        return cls(size=used + avail, used=used, avail=avail, inodes=st.f_files,
+                   inodes_free=st.f_favail)
 
     @property
     def used_percent(self) -> float:
         return 100.0 * self.used / self.size if self.size else 0.0
+
+    @property
+    def free_percent(self) -> float:
+        return 100.0 * self.avail / self.size if self.size else 100.0
+
+    @property
+    def inodes_free_percent(self) -> float:
+        return 100.0 * self.inodes_free / self.inodes if self.inodes else 100.0
 
 
 @dataclass(frozen=True, slots=True)

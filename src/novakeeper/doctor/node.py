@@ -11,8 +11,8 @@ import re
 import shlex
 import stat
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
+from novakeeper.cache.budget import FsUsage
 from novakeeper.doctor import firewall
 from novakeeper.doctor.facts import Facts, Unavailable
 from novakeeper.doctor.model import Check, Finding
@@ -58,30 +58,6 @@ def check_paths(facts: Facts) -> Iterator[Finding]:
     yield PATHS.ok(f"{ipath} and its cache {cache} are there", path=ipath, cache=cache)
 
 
-@dataclass(frozen=True)
-class Space:
-    path: str
-    size: int
-    avail: int
-    inodes: int
-    inodes_free: int
-
-    @classmethod
-    def of(cls, path: str) -> Space:
-        st = os.statvfs(path)
-        used = (st.f_blocks - st.f_bfree) * st.f_frsize
-        avail = st.f_bavail * st.f_frsize
-        return cls(path, used + avail, avail, st.f_files, st.f_favail)
-
-    @property
-    def free_percent(self) -> float:
-        return 100.0 * self.avail / self.size if self.size else 100.0
-
-    @property
-    def inodes_free_percent(self) -> float:
-        return 100.0 * self.inodes_free / self.inodes if self.inodes else 100.0
-
-
 def check_space(facts: Facts) -> Iterator[Finding]:
     settings = facts.settings()
     budget = settings.policy.budget
@@ -90,7 +66,7 @@ def check_space(facts: Facts) -> Iterator[Finding]:
         if not os.path.isdir(path) or os.stat(path).st_dev in seen:
             continue
         seen.add(os.stat(path).st_dev)
-        sp = Space.of(path)
+        sp = FsUsage.of(path)
         data = {"path": path, "size": sp.size, "avail": sp.avail, "inodes": sp.inodes,
                 "inodes_free": sp.inodes_free}
         words = (f"{path}: {human_bytes(sp.avail)} free of {human_bytes(sp.size)} "
