@@ -35,8 +35,6 @@ class FileSystem:
     """f_frsize × f_bavail: what nova calls free (root's reserve excluded)."""
     used: int
     """f_frsize × (f_blocks − f_bfree)."""
-    files: int = 0
-    files_free: int = 0
 
     @property
     def reserved(self) -> int:
@@ -52,7 +50,7 @@ class FileSystem:
         except OSError as exc:
             raise NovakeeperError(ExitCode.PATH, f"statvfs {path}: {exc.strerror}") from None
         return cls(path, dev, st.f_frsize * st.f_blocks, st.f_frsize * st.f_bavail,
-                   st.f_frsize * (st.f_blocks - st.f_bfree), st.f_files, st.f_favail)
+                   st.f_frsize * (st.f_blocks - st.f_bfree))
 
 
 class Other:
@@ -110,10 +108,6 @@ class Survey:
     outside: Mapping[str, DiskFacts | str | None] = field(default_factory=dict)
     """A domain's file disk that no instance folder holds -> its facts, why it could not
     be read, or None when it does not exist."""
-
-    @property
-    def cache_shares(self) -> bool:
-        return self.fs.dev == self.cache_fs.dev
 
 
 def counted_disk(name: str) -> bool:
